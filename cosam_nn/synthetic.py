@@ -24,10 +24,10 @@ import numpy as np
 from scipy import ndimage
 
 from cosam_nn import meply_layout
+from cosam_nn.splits import split_cases
 
 DEFAULT_SHAPE = {"prln": (48, 160, 160), "slabs": (15, 512, 512)}
 DEFAULT_SPACING = {"prln": (1.25, 0.7, 0.7), "slabs": (0.625, 0.625, 0.625)}
-TEST_FRACTION = 55 / 269  # the paper's 214:55 split
 
 
 class _Canvas:
@@ -260,16 +260,6 @@ def node_rows(case, instances):
 
 def case_name(index):
     return f"synth{index:04d}"
-
-
-def split_cases(names, seed):
-    """Seeded train/test split in the paper's 214:55 ratio (at least one of each from 2 cases)."""
-    n_test = int(round(len(names) * TEST_FRACTION))
-    if len(names) >= 2:
-        n_test = min(max(n_test, 1), len(names) - 1)
-    order = np.random.default_rng([seed, 2**31 - 1]).permutation(len(names))
-    test = sorted(names[i] for i in order[:n_test])
-    return [n for n in names if n not in test], test
 
 
 def generate(out, cases, seed, fmt="prln", shape=None, spacing=None, log=print):

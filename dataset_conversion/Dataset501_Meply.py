@@ -1,0 +1,186 @@
+"""Convert Meply (or Meply-like synthetic data) into nnU-Net v2's raw format.
+
+    cosam_convert_meply INPUT -d 501 [-n Meply] [--format auto|prln|slabs|images]
+                        [--spacing Z Y X] [--overwrite]
+
+writes `$nnUNet_raw/Dataset501_Meply/` with imagesTr/, labelsTr/, imagesTs/, labelsTs/,
+dataset.json and split.json. Images keep their HU as int16 and their spacing, origin and direction;
+labels are 0/1 (an instance map is binarised with a warning). Any fault in the input stops the
+conversion with one line that names the case, and nothing is left behind: the dataset is written
+into a hidden temporary folder and renamed at the end.
+
+Normalisation: the paper clips HU to [-100, 100]. nnU-Net's default CT normalisation clips to the
+0.5-99.5 percentiles of the intensities inside the labelled nodes and standardises with their mean
+and standard deviation: a window learnt from node tissue, which on Meply-like data lands close to
+the paper's fixed window, so the converter keeps nnU-Net's default (channel name "CT").
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import SimpleITK as sitk
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
+from cosam_nn.splits import split_cases
+
+FILE_ENDING = ".nii.gz"
+SPLIT_SEED = 12345
+
+
+def _geometry_mismatch(image, label):
+    """Name the first geometric property in which label differs from image, or None."""
+    if image.GetSize() != label.GetSize():
+        return f"image size {image.GetSize()} and label size {label.GetSize()} differ"
+    for what, a, b, tol in (("spacing", image.GetSpacing(), label.GetSpacing(), 1e-4),
+                            ("origin", image.GetOrigin(), label.GetOrigin(), 1e-3),
+                            ("direction", image.GetDirection(), label.GetDirection(), 1e-4)):
+        if not np.allclose(a, b, rtol=tol, atol=tol):
+            return f"image {what} {tuple(round(v, 4) for v in a)} and label {what} {tuple(round(v, 4) for v in b)} differ"
+    return None
+
+
+def check_case(name, image, label, warn):
+    """Validate one case; return (image as int16 HU, label as uint8 0/1) with image's geometry."""
+    if image.GetDimension() != 3 or label.GetDimension() != 3:
+        raise ConversionError(f"case {name}: image and label must be 3D volumes")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ConversionError(f"case {name}: image must have one channel (CT)")
+    if min(image.GetSize()) == 0:
+        raise ConversionError(f"case {name}: image is empty")
+    fault = _geometry_mismatch(image, label)
+    if fault:
+        raise ConversionError(f"case {name}: {fault}")
+    voxels = sitk.GetArrayViewFromImage(image)
+    bad = int(np.count_nonzero(~np.isfinite(voxels))) if voxels.dtype.kind == "f" else 0
+    if bad:
+        raise ConversionError(f"case {name}: image has {bad} NaN or infinite voxel(s)")
+    if voxels.min() < -32768 or voxels.max() > 32767:
+        raise ConversionError(f"case {name}: image values {voxels.min()}..{voxels.max()} do not fit int16 HU")
+    if voxels.dtype.kind == "f" and not np.array_equal(voxels, np.round(voxels)):
+        warn(f"case {name}: image values are not whole HU; rounded to int16")
+    out_image = sitk.Cast(sitk.Round(image) if voxels.dtype.kind == "f" else image, sitk.sitkInt16)
+
+    values = sitk.GetArrayViewFromImage(label)
+    if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values))):
+        raise ConversionError(f"case {name}: label has non-integer values; expected 0/1 or an instance map")
+    if values.min() < 0:
+        raise ConversionError(f"case {name}: label has negative values ({values.min()}); expected 0/1")
+    if values.max() > 1:
+        warn(f"case {name}: label has values up to {values.max()} (instance map?); binarised to node > 0")
+    out_label = sitk.Cast(label > 0, sitk.sitkUInt8)
+    out_label.CopyInformation(out_image)
+    return out_image, out_label
+
+
+def dataset_folder_name(dataset_id, name):
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def _raw_root():
+    root = os.environ.get("nnUNet_raw")
+    if not root:
+        raise ConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw")
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def _check_target(root, dataset_id, name, overwrite):
+    folder = os.path.join(root, dataset_folder_name(dataset_id, name))
+    prefix = f"Dataset{dataset_id:03d}_"
+    others = [d for d in os.listdir(root) if d.startswith(prefix) and d != os.path.basename(folder)]
+    if others:
+        raise ConversionError(f"{root}: dataset id {dataset_id} is already used by {others[0]}")
+    if os.path.exists(folder) and not overwrite:
+        raise ConversionError(f"{folder} exists (use --overwrite to replace it)")
+    return folder
+
+
+def _decide_split(names, split):
+    if split is None:
+        train, test = split_cases(names, SPLIT_SEED)
+        return train, test, f"seeded random split (seed {SPLIT_SEED}, the paper's 214:55 ratio)"
+    unknown = sorted(set(split["train"] + split["test"]) - set(names))
+    if unknown:
+        raise ConversionError(f"case {unknown[0]}: listed in annotations.json but has no image")
+    both = sorted(set(split["train"]) & set(split["test"]))
+    if both:
+        raise ConversionError(f"case {both[0]}: listed in both the train and the test split")
+    test = [n for n in names if n in split["test"]]
+    return [n for n in names if n not in test], test, "PRLN/annotations.json"
+
+
+def convert(input_folder, dataset_id, name="Meply", fmt="auto", spacing=(0.625, 0.625, 0.625),
+            overwrite=False, log=print, warn=None):
+    """Convert `input_folder` into $nnUNet_raw/DatasetXXX_NAME; returns that folder."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    root = _raw_root()
+    target = _check_target(root, dataset_id, name, overwrite)
+    fmt, cases, split = list_cases(input_folder, fmt, spacing)
+    names = [n for n, _ in cases]
+    train, test, split_source = _decide_split(names, split)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=root)
+    try:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            os.makedirs(os.path.join(tmp, sub))
+        for i, (case, load) in enumerate(cases, start=1):
+            try:
+                image, label = load()
+            except (OSError, ValueError) as e:
+                raise ConversionError(f"case {case}: {e}") from None
+            image, label = check_case(case, image, label, warn)
+            part = "Ts" if case in test else "Tr"
+            sitk.WriteImage(image, os.path.join(tmp, f"images{part}", f"{case}_0000{FILE_ENDING}"), True)
+            sitk.WriteImage(label, os.path.join(tmp, f"labels{part}", f"{case}{FILE_ENDING}"), True)
+            log(f"[{i}/{len(cases)}] {case} -> images{part}")
+        generate_dataset_json(tmp, {0: "CT"}, {"background": 0, "lymph_node": 1}, len(train), FILE_ENDING,
+                              dataset_name=dataset_folder_name(dataset_id, name),
+                              description=f"Metastatic perirectal lymph nodes, converted by cosam_convert_meply "
+                                          f"from {os.path.abspath(input_folder)} ({fmt} layout)",
+                              reference="Meply / CoSAM", license="see the source data",
+                              converted_by="cosam_convert_meply")
+        with open(os.path.join(tmp, "split.json"), "w") as f:
+            json.dump({"train": train, "test": test, "source": split_source}, f, indent=2)
+        os.chmod(tmp, 0o755)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    log(f"wrote {target}: {len(train)} training and {len(test)} test case(s); split from {split_source}")
+    return target
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="cosam_convert_meply",
+                                description="Convert Meply (3D layout, 15-slice slabs, or image/label "
+                                            "folders) into $nnUNet_raw/DatasetID_NAME.")
+    p.add_argument("input", help="input folder")
+    p.add_argument("-d", type=int, required=True, dest="dataset_id", help="nnU-Net dataset id, e.g. 501")
+    p.add_argument("-n", default="Meply", dest="name", help="dataset name (default Meply)")
+    p.add_argument("--format", choices=("auto",) + FORMATS, default="auto", help="input layout (default auto)")
+    p.add_argument("--spacing", type=float, nargs=3, default=(0.625, 0.625, 0.625), metavar=("Z", "Y", "X"),
+                   help="spacing in mm of slab files, which carry none (default 0.625 0.625 0.625)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    a = p.parse_args(argv)
+    if not 1 <= a.dataset_id <= 999:
+        p.error("-d must be between 1 and 999")
+    if min(a.spacing) <= 0:
+        p.error("--spacing must be positive")
+    if not a.name.replace("_", "").replace("-", "").isalnum():
+        p.error("-n may hold letters, digits, '_' and '-' only")
+    try:
+        convert(a.input, a.dataset_id, a.name, a.format, tuple(a.spacing), a.overwrite)
+    except ConversionError as e:
+        print(f"cosam_convert_meply: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+import os
+
+# nnU-Net reads these when it is imported: one process on the 2-core test machines
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """nnU-Net's three folders in tmp_path, set for this process and returned for subprocesses."""
+    env = {"nnUNet_raw": str(tmp_path / "nnUNet_raw"),
+           "nnUNet_preprocessed": str(tmp_path / "nnUNet_preprocessed"),
+           "nnUNet_results": str(tmp_path / "nnUNet_results")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def run_cli(args, env_extra=None, check=True, timeout=900):
+    """Run a console script of the installed package (or nnU-Net) and return the CompletedProcess."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    bin_dir = os.path.dirname(sys.executable)
+    exe = os.path.join(bin_dir, args[0])
+    proc = subprocess.run([exe] + list(args[1:]), env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,250 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cosam_nn import meply_layout
+from cosam_nn.dataset_conversion.Dataset501_Meply import convert, main as convert_main
+from cosam_nn.synthetic import generate
+
+SHAPE, SPACING = (16, 48, 48), (1.25, 0.7, 0.7)
+
+
+def _quiet(*_):
+    pass
+
+
+def _dataset(env, name="Dataset501_Meply"):
+    return os.path.join(env["nnUNet_raw"], name)
+
+
+def _read(path):
+    img = sitk.ReadImage(path)
+    return sitk.GetArrayFromImage(img), img
+
+
+def _raw_left_clean(env):
+    """After a failed conversion nnUNet_raw holds neither the dataset nor a temporary folder."""
+    root = env["nnUNet_raw"]
+    return not os.path.exists(root) or os.listdir(root) == []
+
+
+def test_prln_layout_round_trip(tmp_path, nnunet_env):
+    src = str(tmp_path / "syn")
+    generate(src, 5, seed=4, shape=SHAPE, spacing=SPACING, log=_quiet)
+    out = convert(src, 501, log=_quiet)
+    split = json.load(open(os.path.join(out, "split.json")))
+    annotations = json.load(open(os.path.join(src, "PRLN", "annotations.json")))
+    assert sorted(split["test"]) == sorted(annotations["test_normal"] + annotations["test_both"])
+    ds = json.load(open(os.path.join(out, "dataset.json")))
+    assert ds["channel_names"] == {"0": "CT"} and ds["labels"] == {"background": 0, "lymph_node": 1}
+    assert ds["numTraining"] == len(split["train"]) and ds["file_ending"] == ".nii.gz"
+    for case in meply_layout.prln_cases(src):
+        img, spacing, label = meply_layout.read_prln_case(src, case)
+        part = "Ts" if case in split["test"] else "Tr"
+        arr, image = _read(os.path.join(out, f"images{part}", f"{case}_0000.nii.gz"))
+        lab, label_image = _read(os.path.join(out, f"labels{part}", f"{case}.nii.gz"))
+        assert image.GetPixelID() == sitk.sitkInt16
+        np.testing.assert_array_equal(arr, img)
+        np.testing.assert_array_equal(lab, label)
+        np.testing.assert_allclose(image.GetSpacing(), spacing[::-1], rtol=1e-6)
+        assert label_image.GetSpacing() == image.GetSpacing()
+
+
+def test_slab_layout_round_trip(tmp_path, nnunet_env):
+    src = str(tmp_path / "slabs")
+    generate(src, 3, seed=5, fmt="slabs", shape=(15, 40, 40), log=_quiet)
+    assert convert_main([src, "-d", "502", "-n", "Slabs", "--spacing", "2.5", "0.8", "0.8"]) == 0
+    out = _dataset(nnunet_env, "Dataset502_Slabs")
+    split = json.load(open(os.path.join(out, "split.json")))
+    assert len(split["test"]) == 1 and "seeded" in split["source"]  # round(3 * 55 / 269) -> at least 1
+    for case in ("synth0000", "synth0001", "synth0002"):
+        img, label = meply_layout.read_slab(os.path.join(src, case + ".npz"))
+        part = "Ts" if case in split["test"] else "Tr"
+        arr, image = _read(os.path.join(out, f"images{part}", f"{case}_0000.nii.gz"))
+        np.testing.assert_array_equal(arr, img)
+        np.testing.assert_array_equal(_read(os.path.join(out, f"labels{part}", f"{case}.nii.gz"))[0], label)
+        np.testing.assert_allclose(image.GetSpacing(), (0.8, 0.8, 2.5), rtol=1e-6)
+
+
+def _volume(seed, shape=(8, 20, 24), spacing=(0.8, 0.7, 2.0), origin=(10.0, -5.0, 3.0)):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(-1000, 1000, size=shape).astype(np.int16)
+    lab = np.zeros(shape, np.uint8)
+    lab[2:5, 5:9, 6:10] = 1
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # rotated in-plane
+    img, label = sitk.GetImageFromArray(arr), sitk.GetImageFromArray(lab)
+    for im in (img, label):
+        im.SetSpacing(spacing)
+        im.SetOrigin(origin)
+        im.SetDirection(direction)
+    return img, label
+
+
+def _write_dicom_series(img, folder):
+    os.makedirs(folder)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = img.GetDirection()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1"
+    for z in range(img.GetDepth()):
+        s = img[:, :, z]
+        position = img.TransformIndexToPhysicalPoint((0, 0, z))
+        for tag, value in (("0008|0060", "CT"), ("0020|000e", series_uid), ("0020|000d", series_uid + ".2"),
+                           ("0020|0013", str(z + 1)), ("0028|0030", f"{img.GetSpacing()[1]}\\{img.GetSpacing()[0]}"),
+                           ("0020|0037", "\\".join(map(str, direction[0:7:3] + direction[1:8:3]))),
+                           ("0020|0032", "\\".join(map(str, position))), ("0018|0050", str(img.GetSpacing()[2])),
+                           ("0008|0018", f"{series_uid}.3.{z + 1}")):
+            s.SetMetaData(tag, value)
+        writer.SetFileName(os.path.join(folder, f"slice{z:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_image_folders_in_every_format_keep_geometry(tmp_path, nnunet_env):
+    src = tmp_path / "pairs"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    cases = {}
+    for i, ext in enumerate((".nii.gz", ".nrrd", ".mha", "dicom")):
+        img, label = _volume(i)
+        name = f"case{i}"
+        cases[name] = (img, label)
+        if ext == "dicom":
+            _write_dicom_series(img, str(src / "images" / name))
+            sitk.WriteImage(label, str(src / "labels" / f"{name}.nii.gz"))
+        else:
+            sitk.WriteImage(img, str(src / "images" / f"{name}{ext}"))
+            sitk.WriteImage(label, str(src / "labels" / f"{name}{ext}"))
+    out = convert(str(src), 503, name="Pairs", log=_quiet)
+    split = json.load(open(os.path.join(out, "split.json")))
+    for name, (img, label) in cases.items():
+        part = "Ts" if name in split["test"] else "Tr"
+        arr, image = _read(os.path.join(out, f"images{part}", f"{name}_0000.nii.gz"))
+        np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(img))
+        np.testing.assert_allclose(image.GetSpacing(), img.GetSpacing(), rtol=1e-5)
+        np.testing.assert_allclose(image.GetOrigin(), img.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(image.GetDirection(), img.GetDirection(), atol=1e-5)
+        lab, _ = _read(os.path.join(out, f"labels{part}", f"{name}.nii.gz"))
+        np.testing.assert_array_equal(lab, sitk.GetArrayFromImage(label))
+
+
+def _pair_folder(tmp_path, label_fn=None, image_fn=None, names=("a", "b", "c"), ext=".nii.gz"):
+    src = tmp_path / "pairs"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    for i, name in enumerate(names):
+        img, label = _volume(i)
+        if name == "bad":
+            img, label = (image_fn or (lambda x: x))(img), (label_fn or (lambda x: x))(label)
+        sitk.WriteImage(img, str(src / "images" / f"{name}{ext}"))
+        sitk.WriteImage(label, str(src / "labels" / f"{name}{ext}"))
+    return src
+
+
+def _with_nan(img):
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    arr[1, 2, 3] = np.nan
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+def _values(label, values):
+    arr = sitk.GetArrayFromImage(label).astype(np.int16)
+    arr[0, 0, :len(values)] = values
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(label)
+    return out
+
+
+def _resized(label):
+    return label[:, :-1, :]
+
+
+def _respaced(label):
+    out = sitk.Image(label)
+    out.SetSpacing((0.8, 0.7, 3.0))
+    return out
+
+
+@pytest.mark.parametrize("label_fn,image_fn,message", [
+    (_resized, None, "size"),
+    (_respaced, None, "spacing"),
+    (lambda lab: _values(lab, [-1]), None, "negative"),
+    (None, _with_nan, "NaN"),
+])
+def test_bad_case_is_named_and_nothing_is_written(tmp_path, nnunet_env, capsys, label_fn, image_fn, message):
+    # MetaImage keeps NaN voxels (ITK's NIfTI reader does not)
+    src = _pair_folder(tmp_path, label_fn, image_fn, names=("a", "bad", "c"), ext=".mha")
+    assert convert_main([str(src), "-d", "504"]) == 1
+    err = capsys.readouterr().err
+    assert "case bad" in err and message in err and err.count("\n") == 1
+    assert _raw_left_clean(nnunet_env)
+
+
+def test_instance_map_is_binarised_with_a_warning(tmp_path, nnunet_env, capsys):
+    src = _pair_folder(tmp_path, label_fn=lambda lab: _values(lab, [2, 3]), names=("a", "bad", "c"))
+    out = convert(str(src), 505, log=_quiet)
+    assert "case bad" in capsys.readouterr().err
+    split = json.load(open(os.path.join(out, "split.json")))
+    part = "Ts" if "bad" in split["test"] else "Tr"
+    lab, _ = _read(os.path.join(out, f"labels{part}", "bad.nii.gz"))
+    assert set(np.unique(lab)) == {0, 1} and lab[0, 0, :2].tolist() == [1, 1]
+
+
+def test_empty_unreadable_missing_and_duplicate_inputs(tmp_path, nnunet_env, capsys):
+    cases = {}
+    src = _pair_folder(tmp_path / "empty")
+    open(src / "images" / "b.nii.gz", "w").close()
+    cases["empty"] = (src, "empty")
+    src = _pair_folder(tmp_path / "garbage")
+    (src / "labels" / "c.nii.gz").write_bytes(b"not an image at all")
+    cases["garbage"] = (src, "unreadable")
+    src = _pair_folder(tmp_path / "nolabel")
+    os.remove(src / "labels" / "b.nii.gz")
+    cases["nolabel"] = (src, "case b: no label")
+    src = _pair_folder(tmp_path / "noimage")
+    os.remove(src / "images" / "c.nii.gz")
+    cases["noimage"] = (src, "case c: label c.nii.gz has no image")
+    src = _pair_folder(tmp_path / "dup")
+    sitk.WriteImage(_volume(9)[0], str(src / "images" / "a.mha"))
+    cases["dup"] = (src, "case a: duplicate")
+    for what, (folder, message) in cases.items():
+        assert convert_main([str(folder), "-d", "506"]) == 1, what
+        err = capsys.readouterr().err
+        assert message in err, (what, err)
+        assert _raw_left_clean(nnunet_env), what
+
+
+def test_prln_missing_label_and_unknown_split_case(tmp_path, nnunet_env, capsys):
+    src = str(tmp_path / "syn")
+    generate(src, 3, seed=4, shape=SHAPE, spacing=SPACING, log=_quiet)
+    os.remove(os.path.join(src, "clean_labels", "synth0001.npz"))
+    assert convert_main([src, "-d", "507"]) == 1
+    assert "case synth0001: no label file" in capsys.readouterr().err
+    generate(src + "2", 3, seed=4, shape=SHAPE, spacing=SPACING, log=_quiet)
+    os.remove(os.path.join(src + "2", "npz", "synth0002.npz"))
+    assert convert_main([src + "2", "-d", "507"]) == 1
+    assert "synth0002" in capsys.readouterr().err
+    assert _raw_left_clean(nnunet_env)
+
+
+def test_existing_output_needs_overwrite(tmp_path, nnunet_env, capsys):
+    src = _pair_folder(tmp_path)
+    assert convert_main([str(src), "-d", "508"]) == 0
+    marker = os.path.join(_dataset(nnunet_env, "Dataset508_Meply"), "marker")
+    open(marker, "w").close()
+    assert convert_main([str(src), "-d", "508"]) == 1
+    assert "--overwrite" in capsys.readouterr().err and os.path.exists(marker)
+    assert convert_main([str(src), "-d", "508", "--overwrite"]) == 0
+    assert not os.path.exists(marker)
+    assert convert_main([str(src), "-d", "508", "-n", "Other"]) == 1
+    assert "already used by Dataset508_Meply" in capsys.readouterr().err
+
+
+def test_missing_nnunet_raw_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    assert convert_main([str(_pair_folder(tmp_path)), "-d", "509"]) == 1
+    assert "nnUNet_raw is not set" in capsys.readouterr().err

@@ -1,0 +1,46 @@
+"""The path so far through nnU-Net's own commands: generate -> convert -> plan/preprocess -> train -> predict."""
+import json
+import os
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import run_cli
+from cosam_nn.trainer_dir import trainer_dir
+
+
+def test_generate_convert_plan_train_predict(tmp_path, nnunet_env):
+    syn = str(tmp_path / "syn")
+    run_cli(["cosam_make_synthetic", syn, "--cases", "6", "--seed", "11", "--shape", "16", "48", "48"])
+    run_cli(["cosam_convert_meply", syn, "-d", "511"], nnunet_env)
+    proc = run_cli(["nnUNetv2_plan_and_preprocess", "-d", "511", "-c", "3d_fullres",
+                    "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"], nnunet_env)
+    assert "verify_dataset_integrity Done" in proc.stdout
+    pp = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset511_Meply")
+    plans = json.load(open(os.path.join(pp, "nnUNetPlans.json")))
+    conf = plans["configurations"]["3d_fullres"]
+    assert conf["normalization_schemes"] == ["CTNormalization"]
+    np.testing.assert_allclose(conf["spacing"], [1.25, 0.7, 0.7], rtol=1e-5)
+    n_train = json.load(open(os.path.join(nnunet_env["nnUNet_raw"], "Dataset511_Meply", "dataset.json")))["numTraining"]
+    assert len(os.listdir(os.path.join(pp, "nnUNetPlans_3d_fullres"))) >= n_train
+
+    train_env = dict(nnunet_env, nnUNet_n_proc_DA="0", nnUNet_extTrainer=trainer_dir(),
+                     COSAM_EPOCHS="1", COSAM_ITERS="2", COSAM_VAL_ITERS="1")
+    proc = run_cli(["nnUNetv2_train", "511", "3d_fullres", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu"], train_env)
+    out = os.path.join(nnunet_env["nnUNet_results"], "Dataset511_Meply", "nnUNetTrainerBudget__nnUNetPlans__3d_fullres")
+    assert os.path.isfile(os.path.join(out, "fold_0", "checkpoint_final.pth"))
+    log = open([os.path.join(out, "fold_0", f) for f in os.listdir(os.path.join(out, "fold_0"))
+                if f.startswith("training_log")][0]).read()
+    assert "Epoch 0" in log and "Epoch 1" not in log  # COSAM_EPOCHS=1 was honoured
+
+    images_ts = os.path.join(nnunet_env["nnUNet_raw"], "Dataset511_Meply", "imagesTs")
+    pred = str(tmp_path / "pred")
+    run_cli(["nnUNetv2_predict", "-i", images_ts, "-o", pred, "-d", "511", "-c", "3d_fullres", "-f", "0",
+             "-tr", "nnUNetTrainerBudget", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], train_env)
+    for f in os.listdir(images_ts):
+        ref = sitk.ReadImage(os.path.join(images_ts, f))
+        out_img = sitk.ReadImage(os.path.join(pred, f.replace("_0000", "")))
+        assert out_img.GetSize() == ref.GetSize()
+        np.testing.assert_allclose(out_img.GetSpacing(), ref.GetSpacing(), rtol=1e-5)
+        np.testing.assert_allclose(out_img.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+        assert set(np.unique(sitk.GetArrayFromImage(out_img))) <= {0, 1}
