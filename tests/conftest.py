@@ -26,7 +26,8 @@ def run_cli(args, env_extra=None, check=True, timeout=900):
     env.update(env_extra or {})
     bin_dir = os.path.dirname(sys.executable)
     exe = os.path.join(bin_dir, args[0])
-    proc = subprocess.run([exe] + list(args[1:]), env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([exe] + list(args[1:]), env=env, capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
