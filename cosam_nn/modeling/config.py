@@ -1,0 +1,80 @@
+"""One settings object for the small (CPU) and the paper-size (GPU) CoSAM; the same code runs both."""
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    window: int = 9                      # L consecutive slices (odd, 5..15)
+    channels: tuple = (32, 64, 128, 256)  # backbone stages at strides 1, 2, 4, 8 (... then 16)
+    feature_dim: int = 128               # per-slice feature map at stride 4
+    roi_size: int = 7
+    token_dim: int = 256
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    heads: int = 8
+    pre_nms_top_k: int = 2000
+    train_proposals: int = 256
+    test_proposals: int = 100
+    proposal_nms_iou: float = 0.7
+    positive_iou: float = 0.5            # stage 2: proposal <-> node match threshold
+
+    def __post_init__(self):
+        if not (isinstance(self.window, int) and self.window % 2 == 1 and 5 <= self.window <= 15):
+            raise ValueError(f"window must be an odd number of slices from 5 to 15, got {self.window}")
+
+    @property
+    def stride(self):
+        return 4
+
+
+@dataclass(frozen=True)
+class USAMConfig:
+    img_size: int = 224                  # crops are resampled to this size
+    unet_channels: tuple = (32, 64, 128, 256, 768)  # the last is the ViT width; 4 poolings
+    depth: int = 12
+    heads: int = 12
+    window_size: int = 14
+    global_attn_indexes: tuple = (2, 5, 8, 11)
+    prompt_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+
+    @property
+    def embed_dim(self):
+        return self.unet_channels[-1]
+
+    @property
+    def grid(self):
+        return self.img_size // 16
+
+
+@dataclass(frozen=True)
+class CoSAMConfig:
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    usam: USAMConfig = field(default_factory=USAMConfig)
+    crop_size: int = 112                 # slice pixels around a box that U-SAM sees
+    ccm_hidden: int = 256
+    score_threshold: float = 0.5         # final (detector x CCM) score to keep a box
+    presence_threshold: float = 0.5
+    nms_iou: float = 0.3
+    max_boxes: int = 20                  # boxes sent to U-SAM per window at inference
+
+    @classmethod
+    def paper(cls, window=9):
+        return cls(detector=DetectorConfig(window=window))
+
+    @classmethod
+    def small(cls, window=9):
+        """Trains on a CPU: a few hundred thousand parameters."""
+        return cls(
+            detector=DetectorConfig(window=window, channels=(8, 16, 32, 48), feature_dim=32, roi_size=5,
+                                    token_dim=64, encoder_layers=1, decoder_layers=1, heads=4,
+                                    pre_nms_top_k=300, train_proposals=32, test_proposals=16),
+            usam=USAMConfig(img_size=64, unet_channels=(8, 16, 24, 32, 64), depth=2, heads=4, window_size=0,
+                            global_attn_indexes=(), prompt_dim=64, decoder_depth=1, decoder_mlp_dim=128,
+                            decoder_heads=4),
+            crop_size=48, ccm_hidden=64, max_boxes=12)
+
+    def with_window(self, window):
+        return replace(self, detector=replace(self.detector, window=window))

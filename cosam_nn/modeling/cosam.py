@@ -1,0 +1,135 @@
+"""CoSAM: the detector, U-SAM and the CCM composed, from a window to boxes and segmentation logits.
+
+Inference, fully automatic (no prompts from a person):
+window (B, 1, L, H, W) -> sequence detector -> per proposal, its boxes on the slices where it is
+present -> each box cropped (a square of at least `crop_size` slice pixels around it, resampled to
+U-SAM's input) and segmented by U-SAM prompted with that box -> CCM on (mean mask token of the
+proposal, its sequence feature) -> score = detector score x CCM probability -> score threshold and
+NMS on the proposals' union boxes -> the kept masks pasted (max) into the window's logits
+(B, 2, L, H, W). Logits are bounded to +-`LOGIT_BOUND` (nnU-Net sums tiles in float16); a window
+without a kept box is background everywhere.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import nms, roi_align
+
+from cosam_nn.modeling.ccm import CollaborativeClassifier
+from cosam_nn.modeling.config import CoSAMConfig
+from cosam_nn.modeling.sequence_detector import SequenceDetector
+from cosam_nn.modeling.usam import USAM
+from cosam_nn.node_geometry import union_boxes
+
+LOGIT_BOUND = 12.0
+
+
+@dataclass
+class Detections:
+    """Kept detections of one window: boxes (N, L, 4), present (N, L) bool, scores (N,)."""
+    boxes: torch.Tensor
+    present: torch.Tensor
+    scores: torch.Tensor
+
+
+def crop_regions(boxes, min_side):
+    """Square, integer-aligned crop regions (M, 4) around boxes (M, 4): side >= min_side and 1.5 x the box."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    side = torch.maximum((boxes[:, 2:] - boxes[:, :2]).amax(1) * 1.5, torch.full_like(cx, float(min_side))).ceil()
+    x0, y0 = torch.floor(cx - side / 2), torch.floor(cy - side / 2)
+    return torch.stack([x0, y0, x0 + side, y0 + side], dim=1)
+
+
+def crop_slices(slices, image_index, regions, size):
+    """Resample regions (M, 4) of slices (N, C, H, W) to (M, C, size, size); outside the image is 0."""
+    rois = torch.cat([image_index.to(regions.dtype).unsqueeze(1), regions], dim=1)
+    return roi_align(slices, rois, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def boxes_in_crops(boxes, regions, size):
+    """Boxes (M, 4) in slice pixels -> the same boxes in the pixels of their size x size crops."""
+    scale = size / (regions[:, 2:3] - regions[:, 0:1])
+    return (boxes - regions[:, [0, 1, 0, 1]]) * scale
+
+
+def paste_crop(canvas, logits, region):
+    """Max-paste crop logits (S, S) back into canvas (H, W) over the integer region (4,)."""
+    x0, y0, x1, y1 = (int(v) for v in region.tolist())
+    resized = F.interpolate(logits[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
+    h, w = canvas.shape
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    part = resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    canvas[cy0:cy1, cx0:cx1] = torch.maximum(canvas[cy0:cy1, cx0:cx1], part)
+
+
+class CoSAM(nn.Module):
+    """forward(window (B, 1, L, H, W)) -> logits (B, 2, L, H, W); `detect` also returns the boxes."""
+
+    def __init__(self, cfg: CoSAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.detector = SequenceDetector(cfg.detector)
+        self.usam = USAM(cfg.usam)
+        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden)
+
+    def segment_boxes(self, window, slice_index, boxes):
+        """U-SAM on boxes (M, 4) of slices slice_index (M,) (= b * L + l) of window.
+
+        Returns mask logits (M, 1, S, S), IoU predictions (M, 1), mask tokens (M, P) and the crop
+        regions (M, 4) in slice pixels.
+        """
+        b, _, length, h, w = window.shape
+        slices = window.permute(0, 2, 1, 3, 4).reshape(b * length, 1, h, w)
+        regions = crop_regions(boxes, self.cfg.crop_size)
+        size = self.cfg.usam.img_size
+        crops = crop_slices(slices, slice_index, regions, size)
+        prompts = boxes_in_crops(boxes, regions, size)
+        masks, iou, tokens = self.usam(crops, list(prompts.unsqueeze(1)))
+        return masks, iou, tokens, regions
+
+    def _candidates(self, det, b):
+        """Indices of the proposals of window b worth segmenting, best first."""
+        scores = det["scores"][b].sigmoid()
+        order = scores.argsort(descending=True)[: self.cfg.max_boxes]
+        return order[scores[order] > 0.05]
+
+    @torch.no_grad()
+    def detect(self, window):
+        """(logits (B, 2, L, H, W), list of B `Detections`)."""
+        b, _, length, h, w = window.shape
+        det = self.detector(window)
+        fg = torch.full((b, length, h, w), -LOGIT_BOUND, device=window.device, dtype=window.dtype)
+        results = []
+        for i in range(b):
+            cand = self._candidates(det, i)
+            present = det["presence"][i][cand].sigmoid() > self.cfg.presence_threshold
+            boxes = det["boxes"][i][cand]
+            keep = present.any(1)
+            cand, present, boxes = cand[keep], present[keep], boxes[keep]
+            if len(cand) == 0:
+                results.append(Detections(boxes, present, det["scores"][i][cand].sigmoid()))
+                continue
+            owner, slice_id = torch.nonzero(present, as_tuple=True)
+            masks, _, tokens, regions = self.segment_boxes(window, i * length + slice_id, boxes[owner, slice_id])
+            mean_tokens = torch.zeros(len(cand), tokens.shape[1], device=tokens.device).index_add_(0, owner, tokens)
+            mean_tokens = mean_tokens / present.sum(1, keepdim=True)
+            ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
+            scores = det["scores"][i][cand].sigmoid() * ccm_prob
+            kept = torch.nonzero(scores >= self.cfg.score_threshold).squeeze(1)
+            kept = kept[nms(union_boxes(boxes[kept], present[kept]), scores[kept], self.cfg.nms_iou)]
+            for m in torch.nonzero(torch.isin(owner, kept)).squeeze(1).tolist():
+                paste_crop(fg[i, slice_id[m]], masks[m, 0].clamp(-LOGIT_BOUND, LOGIT_BOUND), regions[m])
+            results.append(Detections(boxes[kept], present[kept], scores[kept]))
+        logits = torch.stack([torch.zeros_like(fg), fg], dim=1)
+        return logits, results
+
+    def forward(self, window):
+        return self.detect(window)[0]
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,291 @@
+"""The 2.5D sequence-based detector (paper section 4.2).
+
+Stage 1, dense sequence proposals: at every location of the stride-4 feature grid, the features
+of all L slices at that location (a columnar region) predict an objectness score and, for each
+slice, a box and whether the candidate is present on that slice: one proposal follows one
+candidate frame by frame. Screened by score and NMS on the proposals' union boxes.
+
+Stage 2: each proposal's box on each slice is RoI-pooled from that slice's features
+(`torchvision.ops.roi_align`, eq. 1), the L pooled features become L tokens, the sequence
+features (eq. 2), a transformer encoder relates them (eq. 3), and a decoder with learnable queries
+(eq. 4), one per slice and one class query, refines the box and presence per slice and scores the
+proposal. The class token is the proposal's sequence feature handed to the CCM.
+
+Matching: stage 1 assigns a grid location to the smallest node whose union box (over the window)
+has its centre region around that location (within max(stride, 0.3 x size) of the centre);
+stage 2 assigns a proposal to the node of highest union-box IoU if that IoU >= positive_iou, and
+the true tubes are added to the proposals in training. Losses: sigmoid focal loss for objectness
+and class, BCE for per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on
+the slices where the node is present.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.ops import box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
+
+from cosam_nn.modeling.backbone import SliceBackbone, run_per_slice
+from cosam_nn.modeling.config import DetectorConfig
+from cosam_nn.node_geometry import union_boxes
+
+_MAX_LOG_SCALE = 4.0
+
+
+def encode_boxes(reference, boxes):
+    """Deltas (dx, dy, dw, dh) that take reference boxes (…, 4) to boxes (…, 4)."""
+    rw, rh = (reference[..., 2] - reference[..., 0]).clamp(min=1e-3), (reference[..., 3] - reference[..., 1]).clamp(min=1e-3)
+    bw, bh = (boxes[..., 2] - boxes[..., 0]).clamp(min=1e-3), (boxes[..., 3] - boxes[..., 1]).clamp(min=1e-3)
+    dx = ((boxes[..., 0] + boxes[..., 2]) - (reference[..., 0] + reference[..., 2])) / (2 * rw)
+    dy = ((boxes[..., 1] + boxes[..., 3]) - (reference[..., 1] + reference[..., 3])) / (2 * rh)
+    return torch.stack([dx, dy, torch.log(bw / rw), torch.log(bh / rh)], dim=-1)
+
+
+def decode_boxes(reference, deltas):
+    """Inverse of `encode_boxes`."""
+    rw, rh = reference[..., 2] - reference[..., 0], reference[..., 3] - reference[..., 1]
+    cx = (reference[..., 0] + reference[..., 2]) / 2 + deltas[..., 0] * rw
+    cy = (reference[..., 1] + reference[..., 3]) / 2 + deltas[..., 1] * rh
+    w = rw * torch.exp(deltas[..., 2].clamp(max=_MAX_LOG_SCALE))
+    h = rh * torch.exp(deltas[..., 3].clamp(max=_MAX_LOG_SCALE))
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+@dataclass
+class Proposals:
+    """Sequence proposals of one window: boxes (N, L, 4), present (N, L) bool, scores (N,)."""
+    boxes: torch.Tensor
+    present: torch.Tensor
+    scores: torch.Tensor
+
+
+def _box_losses(pred_boxes, pred_deltas, target_boxes, reference, weight_mask):
+    """Smooth L1 on deltas + GIoU on boxes, over the entries where weight_mask is True."""
+    if not weight_mask.any():
+        zero = pred_deltas.sum() * 0.0
+        return zero, zero
+    target_deltas = encode_boxes(reference[weight_mask], target_boxes[weight_mask])
+    l1 = F.smooth_l1_loss(pred_deltas[weight_mask], target_deltas, beta=1 / 9)
+    giou = generalized_box_iou_loss(pred_boxes[weight_mask], target_boxes[weight_mask], reduction="mean")
+    return l1, giou
+
+
+class ProposalHead(nn.Module):
+    """Columnar features (B, L*C, h, w) -> objectness (B, h, w), deltas (B, h, w, L, 4), presence (B, h, w, L)."""
+
+    def __init__(self, window, channels):
+        super().__init__()
+        self.window = window
+        self.body = nn.Sequential(nn.Conv2d(window * channels, 2 * channels, 3, padding=1),
+                                  nn.GroupNorm(8, 2 * channels), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(2 * channels, 1 + 5 * window, 1)
+        nn.init.constant_(self.out.bias[:1], -4.6)  # prior objectness 0.01, as in focal-loss detectors
+
+    def forward(self, feats):
+        b, length, c, h, w = feats.shape
+        x = self.out(self.body(feats.reshape(b, length * c, h, w))).permute(0, 2, 3, 1)
+        return x[..., 0], x[..., 1:1 + 4 * length].reshape(b, h, w, length, 4), x[..., 1 + 4 * length:]
+
+
+class SequenceDetector(nn.Module):
+    """Window (B, 1, L, H, W) -> sequence proposals -> refined per-slice boxes and scores.
+
+    forward(window, targets=None) returns a dict:
+      'proposals': list of B `Proposals` (stage 1, screened)
+      'boxes' (B, N, L, 4), 'presence' (B, N, L) logits, 'scores' (B, N) logits,
+      'seq_features' (B, N, D): stage 2 outputs for the N proposals (padded with zero boxes and
+      score logits of -20 where a window has fewer than N proposals).
+      'losses': dict of scalar losses when `targets` (list of B `NodeBoxes`) is given.
+    """
+
+    def __init__(self, cfg: DetectorConfig):
+        super().__init__()
+        self.cfg = cfg
+        length, c, d = cfg.window, cfg.feature_dim, cfg.token_dim
+        self.backbone = SliceBackbone(cfg.channels, c)
+        self.proposal_head = ProposalHead(length, c)
+        self.roi_embed = nn.Sequential(nn.Flatten(1), nn.Linear(c * cfg.roi_size ** 2, d), nn.ReLU(inplace=True))
+        self.box_embed = nn.Linear(4, d)
+        self.presence_embed = nn.Embedding(2, d)
+        self.slice_embed = nn.Parameter(torch.randn(length, d) * 0.02)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True),
+            cfg.encoder_layers, enable_nested_tensor=False)
+        self.queries = nn.Embedding(length + 1, d)  # one per slice, one class query
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True),
+            cfg.decoder_layers)
+        self.box_head = nn.Linear(d, 4)
+        self.presence_head = nn.Linear(d, 1)
+        self.class_head = nn.Linear(d, 1)
+        nn.init.zeros_(self.box_head.weight)
+        nn.init.zeros_(self.box_head.bias)
+
+    # ---- stage 1 ------------------------------------------------------------------------------
+    def _anchors(self, h, w, image_hw, device):
+        sy, sx = image_hw[0] / h, image_hw[1] / w
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * sy
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * sx
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        half = self.cfg.stride  # anchors of 2 x stride
+        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # (h, w, 4)
+
+    def _assign_locations(self, anchors, target):
+        """Index of the node assigned to each location (h, w), -1 for background."""
+        h, w, _ = anchors.shape
+        if len(target) == 0:
+            return torch.full((h, w), -1, dtype=torch.long, device=anchors.device)
+        union = union_boxes(target.boxes, target.present).to(anchors.device)
+        cx = (anchors[..., 0] + anchors[..., 2]) / 2
+        cy = (anchors[..., 1] + anchors[..., 3]) / 2
+        ux, uy = (union[:, 0] + union[:, 2]) / 2, (union[:, 1] + union[:, 3]) / 2
+        uw, uh = union[:, 2] - union[:, 0], union[:, 3] - union[:, 1]
+        rx = torch.clamp(0.3 * uw, min=self.cfg.stride)
+        ry = torch.clamp(0.3 * uh, min=self.cfg.stride)
+        inside = ((cx[..., None] - ux).abs() <= rx) & ((cy[..., None] - uy).abs() <= ry)  # (h, w, N)
+        area = torch.where(inside, (uw * uh).expand_as(inside), torch.full_like(inside, float("inf"), dtype=torch.float32))
+        best = area.argmin(-1)
+        return torch.where(inside.any(-1), best, torch.full_like(best, -1))
+
+    def _stage1_losses(self, objectness, deltas, presence, anchors, targets):
+        obj_t, box_l1, box_giou, pres = [], [], [], []
+        for b, target in enumerate(targets):
+            assigned = self._assign_locations(anchors, target)
+            pos = assigned >= 0
+            obj_t.append(pos.float())
+            if not pos.any():
+                continue
+            nodes = assigned[pos]
+            t_boxes = target.boxes.to(anchors.device)[nodes]  # (P, L, 4)
+            t_present = target.present.to(anchors.device)[nodes]  # (P, L)
+            ref = anchors[pos].unsqueeze(1).expand_as(t_boxes)
+            pred = decode_boxes(ref, deltas[b][pos])
+            l1, giou = _box_losses(pred, deltas[b][pos], t_boxes, ref, t_present)
+            box_l1.append(l1)
+            box_giou.append(giou)
+            pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
+        obj_t = torch.stack(obj_t)
+        num_pos = max(1.0, float(obj_t.sum()))
+        zero = objectness.sum() * 0.0
+        return {"rpn_objectness": sigmoid_focal_loss(objectness, obj_t, reduction="sum") / num_pos,
+                "rpn_box_l1": torch.stack(box_l1).mean() if box_l1 else zero + deltas.sum() * 0.0,
+                "rpn_box_giou": torch.stack(box_giou).mean() if box_giou else zero,
+                "rpn_presence": torch.stack(pres).mean() if pres else zero + presence.sum() * 0.0}
+
+    @torch.no_grad()
+    def _screen(self, objectness, deltas, presence, anchors, image_hw, keep):
+        """Top proposals per window after score ranking and NMS on union boxes."""
+        out = []
+        h_img, w_img = image_hw
+        for b in range(objectness.shape[0]):
+            scores = objectness[b].sigmoid().flatten()
+            k = min(self.cfg.pre_nms_top_k, scores.numel())
+            top = scores.topk(k).indices
+            ref = anchors.reshape(-1, 4)[top].unsqueeze(1).expand(-1, self.cfg.window, -1)
+            boxes = decode_boxes(ref, deltas[b].reshape(-1, self.cfg.window, 4)[top])
+            boxes = torch.stack([boxes[..., 0].clamp(0, w_img), boxes[..., 1].clamp(0, h_img),
+                                 boxes[..., 2].clamp(0, w_img), boxes[..., 3].clamp(0, h_img)], dim=-1)
+            present = presence[b].reshape(-1, self.cfg.window)[top].sigmoid() > 0.5
+            present[:, self.cfg.window // 2] |= ~present.any(1)  # a proposal lives on >= 1 slice
+            union = union_boxes(boxes, present)
+            valid = ((union[:, 2] - union[:, 0]) > 0.5) & ((union[:, 3] - union[:, 1]) > 0.5)
+            idx = torch.nonzero(valid).squeeze(1)
+            idx = idx[nms(union[idx], scores[top][idx], self.cfg.proposal_nms_iou)[:keep]]
+            out.append(Proposals(boxes[idx], present[idx], scores[top][idx]))
+        return out
+
+    # ---- stage 2 ------------------------------------------------------------------------------
+    def _with_true_tubes(self, proposals, targets):
+        merged = []
+        for p, t in zip(proposals, targets):
+            if len(t) == 0:
+                merged.append(p)
+                continue
+            tb, tp = t.boxes.to(p.boxes.device), t.present.to(p.boxes.device)
+            filled = torch.where(tp.unsqueeze(-1), tb, union_boxes(tb, tp).unsqueeze(1).expand_as(tb))
+            merged.append(Proposals(torch.cat([p.boxes, filled]), torch.cat([p.present, tp]),
+                                    torch.cat([p.scores, torch.ones(len(t), device=p.scores.device)])))
+        return merged
+
+    def _pad(self, proposals, n):
+        """Stack a list of Proposals to (B, n, ...) with a validity mask."""
+        length, dev = self.cfg.window, proposals[0].boxes.device
+        boxes = torch.zeros(len(proposals), n, length, 4, device=dev)
+        present = torch.zeros(len(proposals), n, length, dtype=torch.bool, device=dev)
+        valid = torch.zeros(len(proposals), n, dtype=torch.bool, device=dev)
+        for b, p in enumerate(proposals):
+            k = min(n, len(p.scores))
+            boxes[b, :k], present[b, :k], valid[b, :k] = p.boxes[:k], p.present[:k], True
+        return boxes, present, valid
+
+    def _stage2(self, feats, boxes, present, image_hw):
+        """feats (B, L, C, h, w); boxes (B, N, L, 4) -> refined boxes, presence, score logits, seq features."""
+        b, n, length, _ = boxes.shape
+        union = union_boxes(boxes.flatten(0, 1), present.flatten(0, 1)).view(b, n, 1, 4)
+        rois = torch.where(present.unsqueeze(-1), boxes, union.expand_as(boxes))  # (B, N, L, 4)
+        rois = torch.where((rois[..., 2:] - rois[..., :2]).amin(-1, keepdim=True) > 0, rois,
+                           rois + torch.tensor([0.0, 0.0, 1.0, 1.0], device=rois.device))
+        image_index = (torch.arange(b, device=rois.device).view(b, 1, 1) * length
+                       + torch.arange(length, device=rois.device).view(1, 1, length)).expand(b, n, length)
+        scale = feats.shape[-1] / image_hw[1]
+        pooled = roi_align(feats.flatten(0, 1), torch.cat([image_index.reshape(-1, 1).float(), rois.reshape(-1, 4)], 1),
+                           self.cfg.roi_size, spatial_scale=scale, sampling_ratio=2, aligned=True)
+        hw = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], device=rois.device, dtype=rois.dtype)
+        tokens = (self.roi_embed(pooled).view(b * n, length, -1) + self.slice_embed
+                  + self.box_embed(rois.reshape(b * n, length, 4) / hw)
+                  + self.presence_embed(present.reshape(b * n, length).long()))
+        memory = self.encoder(tokens)
+        out = self.decoder(self.queries.weight.unsqueeze(0).expand(b * n, -1, -1), memory)
+        deltas = self.box_head(out[:, :length]).view(b, n, length, 4)
+        refined = decode_boxes(rois, deltas)
+        presence = self.presence_head(out[:, :length]).view(b, n, length)
+        scores = self.class_head(out[:, length]).view(b, n)
+        return refined, deltas, rois, presence, scores, out[:, length].view(b, n, -1)
+
+    def _stage2_losses(self, refined, deltas, rois, presence, scores, boxes, present, valid, targets):
+        cls_t = torch.zeros_like(scores)
+        l1s, gious, pres = [], [], []
+        for b, target in enumerate(targets):
+            if len(target) == 0:
+                continue
+            tb, tp = target.boxes.to(boxes.device), target.present.to(boxes.device)
+            iou = box_iou(union_boxes(boxes[b], present[b]), union_boxes(tb, tp))  # (N, T)
+            best_iou, best = iou.max(1)
+            pos = (best_iou >= self.cfg.positive_iou) & valid[b]
+            if not pos.any():
+                continue
+            cls_t[b, pos] = 1.0
+            t_boxes, t_present = tb[best[pos]], tp[best[pos]]
+            l1, giou = _box_losses(refined[b][pos], deltas[b][pos], t_boxes, rois[b][pos], t_present)
+            l1s.append(l1)
+            gious.append(giou)
+            pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
+        num_pos = max(1.0, float(cls_t.sum()))
+        zero = refined.sum() * 0.0 + presence.sum() * 0.0
+        cls = sigmoid_focal_loss(scores[valid], cls_t[valid], reduction="sum") / num_pos
+        return {"det_class": cls,
+                "det_box_l1": torch.stack(l1s).mean() if l1s else zero,
+                "det_box_giou": torch.stack(gious).mean() if gious else zero,
+                "det_presence": torch.stack(pres).mean() if pres else zero}
+
+    def forward(self, window, targets=None):
+        b, _, length, h, w = window.shape
+        if length != self.cfg.window:
+            raise ValueError(f"window of {length} slices given to a detector built for {self.cfg.window}")
+        feats = run_per_slice(self.backbone, window)
+        objectness, deltas, presence = self.proposal_head(feats)
+        anchors = self._anchors(feats.shape[-2], feats.shape[-1], (h, w), window.device)
+        keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
+        proposals = self._screen(objectness, deltas, presence, anchors, (h, w), keep)
+        losses = {}
+        if targets is not None:
+            losses.update(self._stage1_losses(objectness, deltas, presence, anchors, targets))
+            proposals = self._with_true_tubes(proposals, targets)
+        n = max(1, max(len(p.scores) for p in proposals))
+        boxes, present, valid = self._pad(proposals, n)
+        refined, d2, rois, pres2, scores, seq = self._stage2(feats, boxes, present, (h, w))
+        if targets is not None:
+            losses.update(self._stage2_losses(refined, d2, rois, pres2, scores, boxes, present, valid, targets))
+        scores = torch.where(valid, scores, torch.full_like(scores, -20.0))
+        return {"proposals": proposals, "boxes": refined, "presence": pres2, "scores": scores,
+                "seq_features": seq, "valid": valid, "losses": losses}
