@@ -1,0 +1,48 @@
+from dataclasses import replace
+
+import torch
+
+from cosam_nn.modeling.config import CoSAMConfig
+from cosam_nn.modeling.cosam import LOGIT_BOUND, CoSAM, crop_regions, paste_crop
+
+
+def test_crop_regions_are_squares_holding_their_boxes():
+    boxes = torch.tensor([[10.0, 20, 14, 23], [0, 0, 60, 20], [95.5, 3.2, 99.9, 9.1]])
+    regions = crop_regions(boxes, 32)
+    side = regions[:, 2] - regions[:, 0]
+    torch.testing.assert_close(side, regions[:, 3] - regions[:, 1])
+    assert side.tolist() == [32, 90, 32]
+    assert torch.all(regions[:, :2] <= boxes[:, :2]) and torch.all(regions[:, 2:] >= boxes[:, 2:])
+    assert torch.equal(regions, regions.round())
+
+
+def test_paste_clips_a_crop_that_leaves_the_image():
+    canvas = torch.full((10, 10), -LOGIT_BOUND)
+    paste_crop(canvas, torch.full((8, 8), 5.0), torch.tensor([-2.0, -2, 4, 4]))
+    assert torch.all(canvas[:4, :4] == 5) and torch.all(canvas[4:] == -LOGIT_BOUND) and torch.all(canvas[:, 4:] == -LOGIT_BOUND)
+    paste_crop(canvas, torch.full((8, 8), 1.0), torch.tensor([2.0, 2, 6, 6]))  # max, not overwrite
+    assert canvas[3, 3] == 5 and canvas[5, 5] == 1
+    paste_crop(canvas, torch.full((8, 8), 9.0), torch.tensor([20.0, 20, 28, 28]))  # wholly outside: no-op
+    assert canvas.max() == 5
+
+
+def test_window_without_kept_boxes_is_background_everywhere():
+    torch.manual_seed(0)
+    model = CoSAM(replace(CoSAMConfig.small(window=5), score_threshold=1.01)).eval()
+    logits, dets = model.detect(torch.randn(2, 1, 5, 48, 40))
+    assert logits.shape == (2, 2, 5, 48, 40)
+    assert torch.all(logits[:, 0] == 0) and torch.all(logits[:, 1] == -LOGIT_BOUND)
+    assert all(len(d.scores) == 0 for d in dets)
+
+
+def test_kept_boxes_give_bounded_logits_of_the_window_shape():
+    torch.manual_seed(0)
+    model = CoSAM(replace(CoSAMConfig.small(window=7), score_threshold=0.0, nms_iou=1.0)).eval()
+    x = torch.randn(1, 1, 7, 40, 56)
+    logits, dets = model.detect(x)
+    assert logits.shape == (1, 2, 7, 40, 56) and torch.isfinite(logits).all()
+    assert logits.abs().max() <= LOGIT_BOUND
+    assert len(dets[0].scores) > 0
+    # every kept box lies on slices where the detector says its node is present, and was pasted
+    assert (logits[0, 1] > -LOGIT_BOUND).any()
+    assert torch.equal(model(x), logits)
