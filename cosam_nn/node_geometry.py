@@ -37,6 +37,11 @@ def label_nodes(mask):
 
 def node_boxes(mask):
     """Nodes of an (L, H, W) mask (numpy or tensor) and their per-slice boxes."""
+    return node_boxes_and_instances(mask)[0]
+
+
+def node_boxes_and_instances(mask):
+    """(NodeBoxes, instance map (L, H, W) with node i labelled i + 1) of an (L, H, W) mask."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     instances, n = label_nodes(mask)
@@ -56,7 +61,7 @@ def node_boxes(mask):
             present[i, z] = True
             boxes[i, z] = (sl[2].start + cols[0], sl[1].start + rows[0],
                            sl[2].start + cols[-1] + 1, sl[1].start + rows[-1] + 1)
-    return NodeBoxes(torch.from_numpy(boxes), torch.from_numpy(present), torch.from_numpy(voxels))
+    return NodeBoxes(torch.from_numpy(boxes), torch.from_numpy(present), torch.from_numpy(voxels)), instances
 
 
 def union_boxes(boxes, present):

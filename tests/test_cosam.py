@@ -3,7 +3,8 @@ from dataclasses import replace
 import torch
 
 from cosam_nn.modeling.config import CoSAMConfig
-from cosam_nn.modeling.cosam import LOGIT_BOUND, CoSAM, crop_regions, paste_crop
+from cosam_nn.crops import crop_regions, paste_crop
+from cosam_nn.modeling.cosam import LOGIT_BOUND, CoSAM
 
 
 def test_crop_regions_are_squares_holding_their_boxes():

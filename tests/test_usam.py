@@ -5,7 +5,8 @@ from segment_anything import sam_model_registry
 from blobs import blob_windows
 from cosam_nn.losses import mask_iou, mask_loss
 from cosam_nn.modeling.config import CoSAMConfig, USAMConfig
-from cosam_nn.modeling.cosam import CoSAM, crop_slices
+from cosam_nn.crops import crop_slices
+from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
 from cosam_nn.modeling.usam import USAM
 from cosam_nn.node_geometry import node_boxes

@@ -59,6 +59,10 @@ class CoSAMConfig:
     presence_threshold: float = 0.5
     nms_iou: float = 0.3
     max_boxes: int = 20                  # boxes sent to U-SAM per window at inference
+    use_ccm: bool = True
+    train_true_boxes: int = 16           # jittered true boxes per window for U-SAM (pretrain phase)
+    train_proposals_per_window: int = 16  # detector proposals per window for U-SAM and the CCM
+    prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
 
     @classmethod
     def paper(cls, window=9):
@@ -74,7 +78,8 @@ class CoSAMConfig:
             usam=USAMConfig(img_size=64, unet_channels=(8, 16, 24, 32, 64), depth=2, heads=4, window_size=0,
                             global_attn_indexes=(), prompt_dim=64, decoder_depth=1, decoder_mlp_dim=128,
                             decoder_heads=4),
-            crop_size=48, ccm_hidden=64, max_boxes=12)
+            crop_size=48, ccm_hidden=64, max_boxes=12, train_true_boxes=6, train_proposals_per_window=6,
+            prompt_jitter=6.0)
 
     def with_window(self, window):
         return replace(self, detector=replace(self.detector, window=window))

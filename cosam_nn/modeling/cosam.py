@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torchvision.ops import nms, roi_align
+from torchvision.ops import nms
 
+from cosam_nn.crops import boxes_in_crops, crop_regions, crop_slices, paste_crop
 from cosam_nn.modeling.ccm import CollaborativeClassifier
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.usam import USAM
 from cosam_nn.node_geometry import union_boxes
+from cosam_nn.training import training_losses
 
 LOGIT_BOUND = 12.0
 
@@ -33,38 +34,6 @@ class Detections:
     scores: torch.Tensor
 
 
-def crop_regions(boxes, min_side):
-    """Square, integer-aligned crop regions (M, 4) around boxes (M, 4): side >= min_side and 1.5 x the box."""
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    side = torch.maximum((boxes[:, 2:] - boxes[:, :2]).amax(1) * 1.5, torch.full_like(cx, float(min_side))).ceil()
-    x0, y0 = torch.floor(cx - side / 2), torch.floor(cy - side / 2)
-    return torch.stack([x0, y0, x0 + side, y0 + side], dim=1)
-
-
-def crop_slices(slices, image_index, regions, size):
-    """Resample regions (M, 4) of slices (N, C, H, W) to (M, C, size, size); outside the image is 0."""
-    rois = torch.cat([image_index.to(regions.dtype).unsqueeze(1), regions], dim=1)
-    return roi_align(slices, rois, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-
-
-def boxes_in_crops(boxes, regions, size):
-    """Boxes (M, 4) in slice pixels -> the same boxes in the pixels of their size x size crops."""
-    scale = size / (regions[:, 2:3] - regions[:, 0:1])
-    return (boxes - regions[:, [0, 1, 0, 1]]) * scale
-
-
-def paste_crop(canvas, logits, region):
-    """Max-paste crop logits (S, S) back into canvas (H, W) over the integer region (4,)."""
-    x0, y0, x1, y1 = (int(v) for v in region.tolist())
-    resized = F.interpolate(logits[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
-    h, w = canvas.shape
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if cx1 <= cx0 or cy1 <= cy0:
-        return
-    part = resized[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-    canvas[cy0:cy1, cx0:cx1] = torch.maximum(canvas[cy0:cy1, cx0:cx1], part)
-
-
 class CoSAM(nn.Module):
     """forward(window (B, 1, L, H, W)) -> logits (B, 2, L, H, W); `detect` also returns the boxes."""
 
@@ -73,7 +42,8 @@ class CoSAM(nn.Module):
         self.cfg = cfg
         self.detector = SequenceDetector(cfg.detector)
         self.usam = USAM(cfg.usam)
-        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden)
+        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden) \
+            if cfg.use_ccm else None
 
     def segment_boxes(self, window, slice_index, boxes):
         """U-SAM on boxes (M, 4) of slices slice_index (M,) (= b * L + l) of window.
@@ -114,10 +84,11 @@ class CoSAM(nn.Module):
                 continue
             owner, slice_id = torch.nonzero(present, as_tuple=True)
             masks, _, tokens, regions = self.segment_boxes(window, i * length + slice_id, boxes[owner, slice_id])
-            mean_tokens = torch.zeros(len(cand), tokens.shape[1], device=tokens.device).index_add_(0, owner, tokens)
-            mean_tokens = mean_tokens / present.sum(1, keepdim=True)
-            ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
-            scores = det["scores"][i][cand].sigmoid() * ccm_prob
+            scores = det["scores"][i][cand].sigmoid()
+            if self.ccm is not None:
+                mean_tokens = torch.zeros(len(cand), tokens.shape[1], device=tokens.device).index_add_(0, owner, tokens)
+                mean_tokens = mean_tokens / present.sum(1, keepdim=True)
+                scores = scores * self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
             kept = torch.nonzero(scores >= self.cfg.score_threshold).squeeze(1)
             kept = kept[nms(union_boxes(boxes[kept], present[kept]), scores[kept], self.cfg.nms_iou)]
             for m in torch.nonzero(torch.isin(owner, kept)).squeeze(1).tolist():
@@ -126,8 +97,14 @@ class CoSAM(nn.Module):
         logits = torch.stack([torch.zeros_like(fg), fg], dim=1)
         return logits, results
 
-    def forward(self, window):
-        return self.detect(window)[0]
+    def forward(self, window, labels=None, phase="joint"):
+        """Logits (B, 2, L, H, W); with labels (B, L, H, W), the training losses of `phase` instead.
+
+        One entry point for both, so that DistributedDataParallel sees every training step.
+        """
+        if labels is None:
+            return self.detect(window)[0]
+        return training_losses(self, window, labels, phase)
 
 
 def count_parameters(module):
