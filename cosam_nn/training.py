@@ -25,9 +25,16 @@ from cosam_nn.node_geometry import node_boxes_and_instances, union_boxes
 PHASES = ("pretrain", "joint")
 
 
+def pretrain_epochs(num_epochs, pretrain_fraction):
+    """Epochs of the pretrain phase: the fraction of the epochs, rounded half up, at least one if > 0."""
+    if pretrain_fraction <= 0:
+        return 0
+    return min(num_epochs, max(1, int(pretrain_fraction * num_epochs + 0.5)))
+
+
 def phase_for_epoch(epoch, num_epochs, pretrain_fraction):
-    """'pretrain' for the first round(pretrain_fraction x num_epochs) epochs, then 'joint'."""
-    return "pretrain" if epoch < round(pretrain_fraction * num_epochs) else "joint"
+    """'pretrain' for the first `pretrain_epochs` epochs, then 'joint'."""
+    return "pretrain" if epoch < pretrain_epochs(num_epochs, pretrain_fraction) else "joint"
 
 
 def window_targets(labels):

@@ -31,3 +31,13 @@ def run_cli(args, env_extra=None, check=True, timeout=900):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def make_planned_dataset(tmp_path, env, dataset_id, cases=6, shape=(16, 48, 48), seed=11):
+    """Synthetic cases -> cosam_convert_meply -> nnUNetv2_plan_and_preprocess (3d_fullres); returns the
+    plan-and-preprocess output."""
+    syn = str(tmp_path / "syn")
+    run_cli(["cosam_make_synthetic", syn, "--cases", str(cases), "--seed", str(seed), "--shape", *map(str, shape)])
+    run_cli(["cosam_convert_meply", syn, "-d", str(dataset_id)], env)
+    return run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres",
+                    "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"], env)

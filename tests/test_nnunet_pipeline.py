@@ -5,16 +5,12 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
-from conftest import run_cli
+from conftest import make_planned_dataset, run_cli
 from cosam_nn.trainer_dir import trainer_dir
 
 
 def test_generate_convert_plan_train_predict(tmp_path, nnunet_env):
-    syn = str(tmp_path / "syn")
-    run_cli(["cosam_make_synthetic", syn, "--cases", "6", "--seed", "11", "--shape", "16", "48", "48"])
-    run_cli(["cosam_convert_meply", syn, "-d", "511"], nnunet_env)
-    proc = run_cli(["nnUNetv2_plan_and_preprocess", "-d", "511", "-c", "3d_fullres",
-                    "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"], nnunet_env)
+    proc = make_planned_dataset(tmp_path, nnunet_env, 511)
     assert "verify_dataset_integrity Done" in proc.stdout
     pp = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset511_Meply")
     plans = json.load(open(os.path.join(pp, "nnUNetPlans.json")))

@@ -61,10 +61,14 @@ class CoSAM(nn.Module):
         return masks, iou, tokens, regions
 
     def _candidates(self, det, b):
-        """Indices of the proposals of window b worth segmenting, best first."""
+        """Indices of the proposals of window b worth segmenting, best first.
+
+        The final score is the detector's times the CCM's probability, so a proposal whose detector
+        score is already below the threshold can never be kept: it is not segmented at all.
+        """
         scores = det["scores"][b].sigmoid()
         order = scores.argsort(descending=True)[: self.cfg.max_boxes]
-        return order[scores[order] > 0.05]
+        return order[scores[order] >= self.cfg.score_threshold]
 
     @torch.no_grad()
     def detect(self, window):

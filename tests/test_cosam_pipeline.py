@@ -1,0 +1,66 @@
+"""CoSAM through nnU-Net's commands: train (with resume), predict with and without TTA, probabilities."""
+import glob
+import os
+import shutil
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import make_planned_dataset, run_cli
+from cosam_nn.trainer_dir import trainer_dir
+
+TRAINER = "CoSAMTrainerSmall"
+
+
+def _log(fold_dir):
+    return "".join(open(f).read() for f in sorted(glob.glob(os.path.join(fold_dir, "training_log*"))))
+
+
+def _same_geometry(a, b):
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
+    make_planned_dataset(tmp_path, nnunet_env, 512)
+    env = dict(nnunet_env, nnUNet_n_proc_DA="0", nnUNet_extTrainer=trainer_dir(),
+               COSAM_EPOCHS="1", COSAM_ITERS="2", COSAM_VAL_ITERS="1")
+    run_cli(["nnUNetv2_train", "512", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env)
+    out = os.path.join(nnunet_env["nnUNet_results"], "Dataset512_Meply", f"{TRAINER}__nnUNetPlans__3d_fullres")
+    fold = os.path.join(out, "fold_0")
+    log = _log(fold)
+    assert "phase: pretrain" in log and "phase: joint" not in log and "Epoch 1" not in log
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+
+    # a run killed after its last checkpoint resumes with --c where it stopped, in the right phase
+    os.replace(os.path.join(fold, "checkpoint_final.pth"), os.path.join(fold, "checkpoint_latest.pth"))
+    for f in glob.glob(os.path.join(fold, "training_log*")):
+        os.remove(f)
+    run_cli(["nnUNetv2_train", "512", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--c"],
+            dict(env, COSAM_EPOCHS="2"))
+    log = _log(fold)
+    assert "Epoch 1" in log and "Epoch 0" not in log and "phase: joint" in log
+    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+
+    images_ts = os.path.join(nnunet_env["nnUNet_raw"], "Dataset512_Meply", "imagesTs")
+    # a volume with fewer slices than the window (9)
+    short_dir = str(tmp_path / "short")
+    os.makedirs(short_dir)
+    first = sorted(os.listdir(images_ts))[0]
+    sitk.WriteImage(sitk.ReadImage(os.path.join(images_ts, first))[:, :, :5], os.path.join(short_dir, "short_0000.nii.gz"))
+    for src, extra in ((images_ts, ["--save_probabilities"]), (short_dir, ["--disable_tta"])):
+        pred = str(tmp_path / ("pred_" + os.path.basename(src)))
+        run_cli(["nnUNetv2_predict", "-i", src, "-o", pred, "-d", "512", "-c", "3d_fullres", "-f", "0",
+                 "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"] + extra, env)
+        for f in os.listdir(src):
+            ref = sitk.ReadImage(os.path.join(src, f))
+            seg = sitk.ReadImage(os.path.join(pred, f.replace("_0000", "")))
+            _same_geometry(seg, ref)
+            assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1}
+            if "--save_probabilities" in extra:
+                probs = np.load(os.path.join(pred, f.replace("_0000.nii.gz", ".npz")))["probabilities"]
+                assert probs.shape == (2,) + sitk.GetArrayFromImage(ref).shape
+                np.testing.assert_allclose(probs.sum(0), 1, atol=1e-3)
+    shutil.rmtree(out)

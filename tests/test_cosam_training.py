@@ -1,0 +1,134 @@
+"""Unit tests of the CoSAM trainer's pieces: targets, phases, schedule, rebuild, DDP rules."""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from cosam_nn.crops import crop_regions
+from cosam_nn.modeling.config import CoSAMConfig
+from cosam_nn.modeling.cosam import CoSAM
+from cosam_nn.modeling.usam_baseline import USAMSegmenter
+from cosam_nn.training import _mask_targets, phase_for_epoch, training_losses, window_targets
+from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer, PolyLR, _param_group, window_patch
+from cosam_nn.trainers import CoSAMTrainer_variants as variants
+
+
+def test_window_patch_keeps_inplane_from_plans_within_bounds():
+    assert window_patch([48, 160, 160], 9, 256) == [9, 160, 160]
+    assert window_patch([48, 300, 200], 7, 256) == [7, 256, 192]
+    assert window_patch([16, 40, 50], 5, 128) == [5, 32, 48]
+    with pytest.raises(ValueError, match="3D configuration"):
+        window_patch([160, 160], 9, 256)
+
+
+def test_phases_follow_the_pretrain_fraction():
+    assert [phase_for_epoch(e, 4, 0.5) for e in range(4)] == ["pretrain", "pretrain", "joint", "joint"]
+    assert [phase_for_epoch(e, 3, 1.0) for e in range(3)] == ["pretrain"] * 3
+    assert [phase_for_epoch(e, 3, 0.5) for e in range(3)] == ["pretrain", "pretrain", "joint"]  # 1.5 -> 2
+    assert phase_for_epoch(0, 1, 0.5) == "pretrain"  # never joint without any pretraining
+    assert [phase_for_epoch(e, 2, 0.0) for e in range(2)] == ["joint", "joint"]
+
+
+def test_poly_schedule_keeps_each_groups_own_rate():
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [p1], "lr": 1e-3}, {"params": [p2], "lr": 1e-4}])
+    sched = PolyLR(opt, 10)
+    sched.step(5)
+    factor = 0.5 ** 0.9
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * factor)
+    assert opt.param_groups[1]["lr"] == pytest.approx(1e-4 * factor)
+
+
+def test_param_groups_separate_the_networks():
+    model = CoSAM(CoSAMConfig.small())
+    groups = {_param_group(n) for n, _ in model.named_parameters()}
+    assert groups == {"detector", "usam_encoder", "usam_decoder", "ccm"}
+    assert _param_group("usam.unet.stages.0.0.weight") == "usam_encoder"
+    assert _param_group("usam.mask_decoder.up_blocks.0.up.weight") == "usam_decoder"
+
+
+def test_network_is_rebuilt_from_the_class_alone():
+    """nnUNetv2_predict rebuilds the network from the trainer class and loads the weights strictly."""
+    for cls, has_ccm, window in ((variants.CoSAMTrainerSmall, True, 9), (variants.CoSAMTrainerSmall_noCCM, False, 9),
+                                 (variants.CoSAMTrainerSmall_window5, True, 5), (variants.CoSAMTrainer_window13, True, 13),
+                                 (variants.CoSAMTrainer_noE2E, False, 9)):
+        cfg = cls.cosam_config()
+        assert cfg.detector.window == window and cfg.use_ccm == has_ccm
+    a = variants.CoSAMTrainerSmall.build_network_architecture(None, None, 1, 2)
+    b = variants.CoSAMTrainerSmall.build_network_architecture(None, None, 1, 2)
+    b.load_state_dict(a.state_dict(), strict=True)
+    assert variants.CoSAMTrainerSmall_noE2E.pretrain_fraction == 1.0
+    assert isinstance(variants.USAMTrainerSmall.build_network_architecture(None, None, 1, 2), USAMSegmenter)
+    with pytest.raises(ValueError, match="one CT channel"):
+        CoSAMTrainer.build_network_architecture(None, None, 2, 2)
+
+
+def test_targets_come_from_the_label_node_by_node():
+    labels = torch.zeros(1, 5, 32, 32, dtype=torch.bool)
+    labels[0, 1:3, 4:8, 4:8] = True      # node 1
+    labels[0, 2:5, 10:13, 9:15] = True   # node 2, separate
+    (t, instances), = window_targets(labels)
+    assert len(t) == 2 and t.present.tolist() == [[False, True, True, False, False], [False, False, True, True, True]]
+    assert t.boxes[1, 3].tolist() == [9, 10, 15, 13]
+    # a prompt of node 2 on slice 2, whose crop also holds node 1, gets node 2's mask only
+    boxes = t.boxes[1, 2:3]
+    regions = crop_regions(boxes, 24)
+    target = _mask_targets([instances], torch.tensor([2]), torch.tensor([2]), regions, 24)
+    x0, y0 = int(regions[0, 0]), int(regions[0, 1])
+    expected = torch.zeros(24, 24)
+    expected[10 - y0:13 - y0, 9 - x0:15 - x0] = 1
+    assert torch.equal(target[0, 0], expected)
+    assert _mask_targets([instances], torch.tensor([2]), torch.tensor([0]), regions, 24).sum() == 0
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "joint"])
+def test_every_trainable_parameter_learns_in_every_phase(phase):
+    torch.manual_seed(0)
+    model = CoSAM(CoSAMConfig.small(window=5))
+    labels = torch.zeros(2, 5, 48, 48, dtype=torch.bool)
+    labels[0, 1:4, 10:16, 20:25] = True  # the second window has no node
+    losses = training_losses(model, torch.randn(2, 1, 5, 48, 48), labels, phase)
+    losses["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert torch.isfinite(losses["loss"])
+    with pytest.raises(ValueError, match="unknown phase"):
+        training_losses(model, torch.randn(1, 1, 5, 48, 48), labels[:1], "warmup")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_steps_in_both_phases():
+    """DistributedDataParallel without find_unused_parameters: an unused parameter fails the second step."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        for net in (CoSAM(CoSAMConfig.small(window=5)), USAMSegmenter(CoSAMConfig.small().usam)):
+            ddp = torch.nn.parallel.DistributedDataParallel(net)
+            opt = torch.optim.AdamW(ddp.parameters(), 1e-3)
+            labels = torch.zeros(1, 5, 48, 48, dtype=torch.bool)
+            labels[0, 2:4, 5:9, 30:36] = True
+            for phase in ("pretrain", "pretrain", "joint", "joint"):
+                opt.zero_grad()
+                ddp(torch.randn(1, 1, 5, 48, 48), labels, phase)["loss"].backward()
+                opt.step()
+            ddp.eval()
+            with torch.no_grad():
+                assert ddp(torch.randn(1, 1, 5, 48, 48)).shape == (1, 2, 5, 48, 48)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_usam_baseline_segments_whole_slices():
+    net = USAMSegmenter(CoSAMConfig.small().usam).eval()
+    with torch.no_grad():
+        logits = net(torch.randn(2, 1, 5, 40, 56))
+    assert logits.shape == (2, 2, 5, 40, 56) and logits.abs().max() <= 12
+    assert np.isfinite(logits.numpy()).all()

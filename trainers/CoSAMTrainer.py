@@ -1,0 +1,187 @@
+"""CoSAMTrainer: CoSAM trained and used through nnU-Net's own commands.
+
+nnU-Net keeps its data loading, augmentation, checkpoints, validation and sliding-window
+prediction; this trainer changes the patch to a window of L slices (in-plane size from the plans),
+builds CoSAM from the class settings alone (so `nnUNetv2_predict` rebuilds it exactly), derives the
+box targets inside the training step from the augmented label, and runs the paper's schedule as
+phases of one run: "pretrain" (detector and U-SAM trained separately) for `pretrain_fraction` of
+the epochs, then "joint" (end to end with the CCM).
+
+Settings are class attributes; every variant in CoSAMTrainer_variants.py changes one of them.
+Modules of this folder are imported by nnU-Net under their own names: absolute imports only.
+"""
+import os
+from dataclasses import replace
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from cosam_nn.budget import apply_budget
+from cosam_nn.modeling.config import CoSAMConfig
+from cosam_nn.modeling.cosam import CoSAM
+from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
+from cosam_nn.training import phase_for_epoch
+
+SAM_CHECKPOINT_VARIABLE = "COSAM_SAM_CHECKPOINT"
+
+
+class PolyLR:
+    """Polynomial decay (exponent 0.9) of each parameter group's own initial learning rate."""
+
+    def __init__(self, optimizer, max_epochs, exponent=0.9):
+        self.optimizer, self.max_epochs, self.exponent = optimizer, max_epochs, exponent
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    def step(self, epoch):
+        factor = (1 - epoch / self.max_epochs) ** self.exponent
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+
+def window_patch(patch_size, window, max_inplane):
+    """(L, Y, X): the plans' in-plane patch, capped at max_inplane and rounded down to a multiple of 16."""
+    if len(patch_size) != 3:
+        raise ValueError(f"CoSAM trainers need a 3D configuration (e.g. 3d_fullres); this one has patch {list(patch_size)}")
+    inplane = [max(32, min(int(s), max_inplane) // 16 * 16) for s in patch_size[1:]]
+    return [window] + inplane
+
+
+def _param_group(name):
+    if name.startswith("detector."):
+        return "detector"
+    if name.startswith(("usam.unet.", "usam.image_encoder.")):
+        return "usam_encoder"
+    if name.startswith("usam."):
+        return "usam_decoder"
+    return "ccm"
+
+
+class CoSAMTrainer(nnUNetTrainer):
+    cosam_size = "paper"                 # "paper" (ViT-B U-SAM, GPU) or "small" (CPU)
+    window = 9                           # L, the paper's choice (Table 3)
+    use_ccm = True
+    pretrain_fraction = 0.5              # paper: 100 epochs separate, then 100 end to end
+    max_inplane = 256
+    learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        conf = plans["configurations"][configuration]
+        if "patch_size" in conf:
+            conf["patch_size"] = window_patch(conf["patch_size"], self.window, self.max_inplane)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.weight_decay = 1e-4
+        self.oversample_foreground_percent = 0.5
+        apply_budget(self)
+        self.phase = None
+        self._iteration = 0
+
+    # ---- the network, rebuilt from the class settings alone ------------------------------------
+    @classmethod
+    def cosam_config(cls):
+        base = CoSAMConfig.paper(cls.window) if cls.cosam_size == "paper" else CoSAMConfig.small(cls.window)
+        return replace(base, use_ccm=cls.use_ccm)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        if num_input_channels != 1 or num_output_channels != 2:
+            raise ValueError(f"{cls.__name__} segments one CT channel into background/node; this data set has "
+                             f"{num_input_channels} input channel(s) and {num_output_channels} output(s)")
+        return CoSAM(cls.cosam_config())
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        """CoSAM has no deep supervision outputs."""
+
+    def _do_i_compile(self):
+        return False  # data-dependent box code: no torch.compile
+
+    def _build_loss(self):
+        return None  # the losses live in the network's training step (cosam_nn.training)
+
+    def configure_optimizers(self):
+        groups = {}
+        for name, p in self.network.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(_param_group(name), []).append(p)
+        optimizer = torch.optim.AdamW([{"params": ps, "lr": self.learning_rates[g], "name": g} for g, ps in groups.items()],
+                                      weight_decay=self.weight_decay)
+        return optimizer, PolyLR(optimizer, self.num_epochs)
+
+    def initialize(self):
+        fresh = not self.was_initialized
+        super().initialize()
+        if fresh:
+            self._maybe_load_sam()
+
+    def _maybe_load_sam(self):
+        path = os.environ.get(SAM_CHECKPOINT_VARIABLE, "").strip()
+        net = self.network.module if self.is_ddp else self.network
+        if not path:
+            if self.cosam_size == "paper":
+                self.print_to_log_file(f"WARNING: {SAM_CHECKPOINT_VARIABLE} is not set: U-SAM is trained from scratch. "
+                                       f"Set it to the official sam_vit_b_01ec64.pth to start from SAM's weights.")
+            return
+        if self.cosam_size != "paper":
+            self.print_to_log_file(f"{SAM_CHECKPOINT_VARIABLE} ignored: only the paper-size U-SAM takes SAM ViT-B weights")
+            return
+        try:
+            _, report = load_sam_checkpoint(path, net.usam)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{self.__class__.__name__}: {SAM_CHECKPOINT_VARIABLE}: {e}") from None
+        self.print_to_log_file(f"U-SAM initialised from {path}\n{report.summary()}")
+
+    # ---- training -------------------------------------------------------------------------------
+    def on_train_epoch_start(self):
+        phase = phase_for_epoch(self.current_epoch, self.num_epochs, self.pretrain_fraction)
+        super().on_train_epoch_start()
+        if phase != self.phase:
+            self.print_to_log_file(f"phase: {phase} (from epoch {self.current_epoch} of {self.num_epochs}; "
+                                   f"pretrain fraction {self.pretrain_fraction})")
+        self.phase = phase
+        self._iteration = 0
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        labels = batch["target"].to(self.device, non_blocking=True)[:, 0] > 0
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            losses = self.network(data, labels, self.phase)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+            raise FloatingPointError(f"non-finite loss at epoch {self.current_epoch}, iteration {self._iteration} "
+                                     f"({self.phase} phase): {parts}. Not training through it; resume from the "
+                                     f"last checkpoint with --c after fixing the cause (lower learning rate, data).")
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self._iteration += 1
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        labels = batch["target"].to(self.device, non_blocking=True)[:, 0] > 0
+        with torch.no_grad(), self._autocast():
+            loss = self.network(data, labels, self.phase or "joint")["loss"]
+            pred = self.network(data).argmax(1) > 0
+        tp = (pred & labels).sum().item()
+        fp = (pred & ~labels).sum().item()
+        fn = (~pred & labels).sum().item()
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": np.array([tp]), "fp_hard": np.array([fp]),
+                "fn_hard": np.array([fn])}

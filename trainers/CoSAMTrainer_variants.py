@@ -1,0 +1,76 @@
+"""CoSAM trainer variants in nnU-Net's manner: each changes one setting of CoSAMTrainer.
+
+Small*: the CPU-size networks. noCCM / noE2E: the paper's Table 4 ablations. windowN: Table 3.
+USAMTrainer: U-SAM alone without prompts, the paper's baseline row.
+"""
+from cosam_nn.modeling.usam_baseline import USAMSegmenter
+from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
+
+SMALL_LEARNING_RATES = {"detector": 2e-3, "usam_encoder": 1e-3, "usam_decoder": 2e-3, "ccm": 2e-3}
+
+
+class CoSAMTrainerSmall(CoSAMTrainer):
+    cosam_size = "small"
+    max_inplane = 128
+    learning_rates = SMALL_LEARNING_RATES
+
+
+class CoSAMTrainer_noCCM(CoSAMTrainer):
+    use_ccm = False
+
+
+class CoSAMTrainer_noE2E(CoSAMTrainer):
+    """Detector and U-SAM trained separately throughout (no end-to-end phase, hence no CCM)."""
+    use_ccm = False
+    pretrain_fraction = 1.0
+
+
+class CoSAMTrainerSmall_noCCM(CoSAMTrainerSmall):
+    use_ccm = False
+
+
+class CoSAMTrainerSmall_noE2E(CoSAMTrainerSmall):
+    use_ccm = False
+    pretrain_fraction = 1.0
+
+
+class CoSAMTrainer_window5(CoSAMTrainer):
+    window = 5
+
+
+class CoSAMTrainer_window7(CoSAMTrainer):
+    window = 7
+
+
+class CoSAMTrainer_window11(CoSAMTrainer):
+    window = 11
+
+
+class CoSAMTrainer_window13(CoSAMTrainer):
+    window = 13
+
+
+class CoSAMTrainer_window15(CoSAMTrainer):
+    window = 15
+
+
+class CoSAMTrainerSmall_window5(CoSAMTrainerSmall):
+    window = 5
+
+
+class USAMTrainer(CoSAMTrainer):
+    """U-SAM segmenting whole slices without prompts; windows only batch the slices."""
+    window = 5
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        if num_input_channels != 1 or num_output_channels != 2:
+            raise ValueError(f"{cls.__name__} segments one CT channel into background/node")
+        return USAMSegmenter(cls.cosam_config().usam)
+
+
+class USAMTrainerSmall(USAMTrainer):
+    cosam_size = "small"
+    max_inplane = 128
+    learning_rates = SMALL_LEARNING_RATES
