@@ -1,7 +1,7 @@
 """`cosam_demo`: the whole path on built-in synthetic data, through the same commands a user runs.
 
 synthetic Meply-like CT -> cosam_convert_meply -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train
--> nnUNetv2_predict on the held-out test cases -> a Dice line per test case.
+-tr CoSAMTrainerSmall -> nnUNetv2_predict on the held-out test cases -> Dice per test case.
 
 Everything lands in one work folder (default ./demo_work) with its own nnUNet_raw,
 nnUNet_preprocessed and nnUNet_results, so a user's own nnU-Net folders are never touched.
@@ -21,62 +21,87 @@ from cosam_nn.trainer_dir import trainer_dir
 DATASET_ID = 501
 
 
-def _run(step, total, title, args, env):
-    print(f"\n=== [{step}/{total}] {title}\n$ {' '.join(args)}", flush=True)
-    start = time.time()
-    exe = shutil.which(args[0], path=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
-    proc = subprocess.run([exe or args[0]] + args[1:], env=env)
-    if proc.returncode != 0:
-        sys.exit(f"cosam_demo: step '{title}' failed (exit {proc.returncode}); see the output above")
-    print(f"--- {title}: {time.time() - start:.0f} s", flush=True)
+class Pipeline:
+    """The demo's steps, each one nnU-Net or cosam command run in a work folder of its own."""
+
+    def __init__(self, work, dataset_id=DATASET_ID, log=print):
+        self.work, self.did, self.log = os.path.abspath(work), str(dataset_id), log
+        self.env = dict(os.environ, nnUNet_raw=os.path.join(self.work, "nnUNet_raw"),
+                        nnUNet_preprocessed=os.path.join(self.work, "nnUNet_preprocessed"),
+                        nnUNet_results=os.path.join(self.work, "nnUNet_results"), nnUNet_extTrainer=trainer_dir(),
+                        nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"))
+        self.raw = os.path.join(self.env["nnUNet_raw"], f"Dataset{int(dataset_id):03d}_Meply")
+
+    def run(self, title, args, env=None):
+        self.log(f"\n=== {title}\n$ {' '.join(args)}")
+        sys.stdout.flush()
+        start = time.time()
+        env = env or self.env
+        exe = shutil.which(args[0], path=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+        proc = subprocess.run([exe or args[0]] + list(args[1:]), env=env)
+        if proc.returncode != 0:
+            sys.exit(f"cosam_demo: step '{title}' failed (exit {proc.returncode}); see the output above")
+        seconds = time.time() - start
+        self.log(f"--- {title}: {seconds:.0f} s")
+        return seconds
+
+    def prepare(self, cases, shape, seed=0):
+        if os.path.exists(self.work):
+            shutil.rmtree(self.work)
+        os.makedirs(self.work)
+        syn = os.path.join(self.work, "synthetic")
+        self.run("synthetic Meply-like CT", ["cosam_make_synthetic", syn, "--cases", str(cases), "--seed", str(seed),
+                                             "--shape", *map(str, shape)])
+        self.run("convert to nnU-Net raw", ["cosam_convert_meply", syn, "-d", self.did])
+        self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", "3d_fullres",
+                                         "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"])
+
+    def train(self, trainer, epochs, iters, val_iters=2):
+        env = dict(self.env, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"),
+                   COSAM_EPOCHS=str(epochs), COSAM_ITERS=str(iters), COSAM_VAL_ITERS=str(val_iters))
+        return self.run(f"train {trainer} (fold 0, {epochs} x {iters} iterations)",
+                        ["nnUNetv2_train", self.did, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
+
+    def predict(self, trainer, out, tta=False):
+        args = ["nnUNetv2_predict", "-i", os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
+                "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
+        return self.run("predict the test cases", args + ([] if tta else ["--disable_tta"]))
+
+    def dice(self, pred):
+        """{case: (reference voxels, predicted voxels, Dice or NaN when both are empty)}."""
+        labels = os.path.join(self.raw, "labelsTs")
+        out = {}
+        for f in sorted(os.listdir(labels)):
+            ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels, f))) > 0
+            seg = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(pred, f))) > 0
+            total = int(ref.sum() + seg.sum())
+            out[f[:-7]] = (int(ref.sum()), int(seg.sum()), 2 * int((ref & seg).sum()) / total if total else float("nan"))
+        return out
 
 
-def _dice_lines(images_ts, labels_ts, pred):
-    lines = []
-    for f in sorted(os.listdir(labels_ts)):
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels_ts, f))) > 0
-        out = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(pred, f))) > 0
-        total = ref.sum() + out.sum()
-        dice = 2 * (ref & out).sum() / total if total else float("nan")
-        lines.append(f"{f[:-7]:<12} nodes voxels ref {int(ref.sum()):>6}  pred {int(out.sum()):>6}  Dice {dice:.3f}")
-    return lines
+def dice_table(scores):
+    lines = [f"{case:<12} reference voxels {r:>6}  predicted {p:>6}  Dice {d:.3f}" for case, (r, p, d) in scores.items()]
+    values = [d for _, _, d in scores.values() if not np.isnan(d)]
+    lines.append(f"{'mean':<12} Dice {np.mean(values):.3f} over {len(values)} case(s)" if values else "no case with nodes")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="cosam_demo", description=__doc__.splitlines()[0])
     p.add_argument("--work", default="demo_work", help="work folder (default ./demo_work; replaced)")
-    p.add_argument("--cases", type=int, default=12, help="synthetic cases (default 12)")
+    p.add_argument("--cases", type=int, default=20, help="synthetic cases (default 20)")
     p.add_argument("--shape", type=int, nargs=3, default=(32, 96, 96), metavar=("Z", "Y", "X"))
-    p.add_argument("-tr", default="nnUNetTrainerBudget", dest="trainer", help="trainer class")
-    p.add_argument("--epochs", default="2", help="COSAM_EPOCHS (default 2)")
-    p.add_argument("--iters", default="10", help="COSAM_ITERS (default 10)")
+    p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer", help="trainer class (default CoSAMTrainerSmall)")
+    p.add_argument("--epochs", type=int, default=6, help="COSAM_EPOCHS (default 6)")
+    p.add_argument("--iters", type=int, default=50, help="COSAM_ITERS, iterations per epoch (default 50)")
     a = p.parse_args(argv)
-    work = os.path.abspath(a.work)
-    if os.path.exists(work):
-        shutil.rmtree(work)
-    os.makedirs(work)
-    env = dict(os.environ, nnUNet_raw=os.path.join(work, "nnUNet_raw"),
-               nnUNet_preprocessed=os.path.join(work, "nnUNet_preprocessed"),
-               nnUNet_results=os.path.join(work, "nnUNet_results"), nnUNet_extTrainer=trainer_dir(),
-               nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"),
-               COSAM_EPOCHS=a.epochs, COSAM_ITERS=a.iters, COSAM_VAL_ITERS="2")
-    train_env = dict(env, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"))
-    raw = os.path.join(env["nnUNet_raw"], f"Dataset{DATASET_ID}_Meply")
-    pred = os.path.join(work, "predictions")
-    did = str(DATASET_ID)
     start = time.time()
-    _run(1, 5, "synthetic Meply-like CT", ["cosam_make_synthetic", os.path.join(work, "synthetic"),
-                                           "--cases", str(a.cases), "--seed", "0", "--shape", *map(str, a.shape)], env)
-    _run(2, 5, "convert to nnU-Net raw", ["cosam_convert_meply", os.path.join(work, "synthetic"), "-d", did], env)
-    _run(3, 5, "plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres",
-                                       "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"], env)
-    _run(4, 5, f"train {a.trainer} (fold 0)", ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", a.trainer,
-                                                 "-device", "cpu"], train_env)
-    _run(5, 5, "predict the test cases", ["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred,
-                                          "-d", did, "-c", "3d_fullres", "-f", "0", "-tr", a.trainer,
-                                          "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], train_env)
-    print("\n=== test cases")
-    print("\n".join(_dice_lines(os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs"), pred)))
+    pipe = Pipeline(a.work)
+    pipe.prepare(a.cases, a.shape)
+    pipe.train(a.trainer, a.epochs, a.iters)
+    pred = os.path.join(pipe.work, "predictions")
+    pipe.predict(a.trainer, pred)
+    print("\n=== test cases\n" + dice_table(pipe.dice(pred)))
     print(f"\npredictions in {pred}; whole demo {time.time() - start:.0f} s")
     return 0
 

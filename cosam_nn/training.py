@@ -20,7 +20,7 @@ from torchvision.ops import box_iou
 
 from cosam_nn.losses import mask_iou, mask_loss
 from cosam_nn.crops import crop_slices
-from cosam_nn.node_geometry import node_boxes_and_instances, union_boxes
+from cosam_nn.node_geometry import NodeBoxes, node_boxes_and_instances, union_boxes
 
 PHASES = ("pretrain", "joint")
 
@@ -42,7 +42,8 @@ def window_targets(labels):
     out = []
     for lab in labels:
         boxes, instances = node_boxes_and_instances(lab > 0)
-        out.append((boxes, torch.from_numpy(instances).to(lab.device)))
+        on_device = NodeBoxes(boxes.boxes.to(lab.device), boxes.present.to(lab.device), boxes.voxels.to(lab.device))
+        out.append((on_device, torch.from_numpy(instances).to(lab.device)))
     return out
 
 
@@ -60,7 +61,7 @@ def _true_prompts(window_targets_, length, cap, jitter, h, w):
     for b, (t, _) in enumerate(window_targets_):
         n, s = torch.nonzero(t.present, as_tuple=True)
         if len(n) > cap:
-            pick = torch.randperm(len(n))[:cap]
+            pick = torch.randperm(len(n), device=n.device)[:cap]
             n, s = n[pick], s[pick]
         index.append(b * length + s)
         boxes.append(jitter_boxes(t.boxes[n, s], jitter, h, w))
@@ -80,8 +81,9 @@ def _chosen_proposals(det, window_targets_, cap, positive_iou, presence_threshol
                           union_boxes(t.boxes, t.present).to(valid.device))
             best_iou, best = iou.max(1)
             node = torch.where(best_iou >= positive_iou, best + 1, node)
-        order = torch.cat([torch.nonzero(node > 0).squeeze(1)[torch.randperm(int((node > 0).sum()))],
-                           torch.nonzero(node == 0).squeeze(1)[torch.randperm(int((node == 0).sum()))]])
+        dev = node.device
+        order = torch.cat([torch.nonzero(node > 0).squeeze(1)[torch.randperm(int((node > 0).sum()), device=dev)],
+                           torch.nonzero(node == 0).squeeze(1)[torch.randperm(int((node == 0).sum()), device=dev)]])
         pos = order[node[order] > 0][: (cap + 1) // 2]
         neg = order[node[order] == 0][: cap - len(pos)]
         keep = torch.cat([pos, neg])
@@ -89,8 +91,8 @@ def _chosen_proposals(det, window_targets_, cap, positive_iou, presence_threshol
     return chosen
 
 
-def _proposal_prompts(det, chosen, window_targets_, length, presence_threshold):
-    """Boxes of the chosen proposals on their slices: (slice index, box, node id, owner row)."""
+def _proposal_prompts(det, chosen, window_targets_, length, presence_threshold, max_slices):
+    """Boxes of the chosen proposals on up to max_slices of their slices: (slice index, box, node id, owner row)."""
     index, boxes, ids, owner = [], [], [], []
     row = 0
     for b, (props, nodes) in enumerate(chosen):
@@ -102,6 +104,7 @@ def _proposal_prompts(det, chosen, window_targets_, length, presence_threshold):
             if not slices.any():
                 slices[det["presence"][b][p].argmax()] = True
             s = torch.nonzero(slices).squeeze(1)
+            s = s[torch.randperm(len(s), device=s.device)[:max_slices]]  # bounds U-SAM's memory
             index.append(b * length + s)
             boxes.append(det["boxes"][b][p][s].detach())
             ids.append(torch.full_like(s, node))
@@ -147,7 +150,7 @@ def training_losses(model, window, labels, phase):
         prompts.append(_true_prompts(targets, length, cfg.train_true_boxes, cfg.prompt_jitter, h, w))
     chosen = _chosen_proposals(det, targets, cfg.train_proposals_per_window, cfg.detector.positive_iou,
                                cfg.presence_threshold)
-    from_detector = _proposal_prompts(det, chosen, targets, length, cfg.presence_threshold)
+    from_detector = _proposal_prompts(det, chosen, targets, length, cfg.presence_threshold, cfg.train_slices_per_proposal)
     if from_detector is not None:
         prompts.append(from_detector[:3])
     index, boxes, ids = (torch.cat(parts) for parts in zip(*prompts)) if prompts else (None, None, None)

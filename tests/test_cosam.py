@@ -4,7 +4,7 @@ import torch
 
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.crops import crop_regions, paste_crop
-from cosam_nn.modeling.cosam import LOGIT_BOUND, CoSAM
+from cosam_nn.modeling.cosam import BACKGROUND_LOGIT, LOGIT_BOUND, CoSAM
 
 
 def test_crop_regions_are_squares_holding_their_boxes():
@@ -32,7 +32,8 @@ def test_window_without_kept_boxes_is_background_everywhere():
     model = CoSAM(replace(CoSAMConfig.small(window=5), score_threshold=1.01)).eval()
     logits, dets = model.detect(torch.randn(2, 1, 5, 48, 40))
     assert logits.shape == (2, 2, 5, 48, 40)
-    assert torch.all(logits[:, 0] == 0) and torch.all(logits[:, 1] == -LOGIT_BOUND)
+    assert torch.all(logits[:, 0] == 0) and torch.all(logits[:, 1] == BACKGROUND_LOGIT)
+    assert torch.all(logits.argmax(1) == 0)
     assert all(len(d.scores) == 0 for d in dets)
 
 
@@ -42,8 +43,8 @@ def test_kept_boxes_give_bounded_logits_of_the_window_shape():
     x = torch.randn(1, 1, 7, 40, 56)
     logits, dets = model.detect(x)
     assert logits.shape == (1, 2, 7, 40, 56) and torch.isfinite(logits).all()
-    assert logits.abs().max() <= LOGIT_BOUND
+    assert logits[:, 1].max() <= LOGIT_BOUND and logits[:, 1].min() >= BACKGROUND_LOGIT
     assert len(dets[0].scores) > 0
-    # every kept box lies on slices where the detector says its node is present, and was pasted
-    assert (logits[0, 1] > -LOGIT_BOUND).any()
+    # the kept boxes' masks were pasted
+    assert (logits[0, 1] > BACKGROUND_LOGIT).any()
     assert torch.equal(model(x), logits)

@@ -76,7 +76,7 @@ class CoSAMTrainer(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.weight_decay = 1e-4
-        self.oversample_foreground_percent = 0.5
+        self.oversample_foreground_percent = 0.66  # nodes are sparse: most windows should hold one
         apply_budget(self)
         self.phase = None
         self._iteration = 0

@@ -2,7 +2,8 @@
 
 It joins what the segmenter saw (the U-SAM mask token t_i of the box) with what the detector saw
 (the sequence feature SF_i of its proposal) in one classification head (paper 4.3). Its
-probability multiplies the detector's score, so boxes that neither branch believes drop out.
+probability and the detector's score form the box's score (their geometric mean), so a box that
+either branch doubts drops out.
 """
 import torch
 from torch import nn

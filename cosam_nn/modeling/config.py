@@ -16,7 +16,7 @@ class DetectorConfig:
     train_proposals: int = 256
     test_proposals: int = 100
     proposal_nms_iou: float = 0.7
-    positive_iou: float = 0.5            # stage 2: proposal <-> node match threshold
+    positive_iou: float = 0.4            # stage 2: proposal <-> node match (tiny boxes: 1 px moves IoU a lot)
 
     def __post_init__(self):
         if not (isinstance(self.window, int) and self.window % 2 == 1 and 5 <= self.window <= 15):
@@ -60,8 +60,9 @@ class CoSAMConfig:
     nms_iou: float = 0.3
     max_boxes: int = 20                  # boxes sent to U-SAM per window at inference
     use_ccm: bool = True
-    train_true_boxes: int = 16           # jittered true boxes per window for U-SAM (pretrain phase)
-    train_proposals_per_window: int = 16  # detector proposals per window for U-SAM and the CCM
+    train_true_boxes: int = 8            # jittered true boxes per window for U-SAM (pretrain phase)
+    train_proposals_per_window: int = 8  # detector proposals per window for U-SAM and the CCM
+    train_slices_per_proposal: int = 2   # of a proposal's slices, how many U-SAM segments in training
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
 
     @classmethod
@@ -78,7 +79,7 @@ class CoSAMConfig:
             usam=USAMConfig(img_size=64, unet_channels=(8, 16, 24, 32, 64), depth=2, heads=4, window_size=0,
                             global_attn_indexes=(), prompt_dim=64, decoder_depth=1, decoder_mlp_dim=128,
                             decoder_heads=4),
-            crop_size=48, ccm_hidden=64, max_boxes=12, train_true_boxes=6, train_proposals_per_window=6,
+            crop_size=48, ccm_hidden=64, max_boxes=12, train_true_boxes=6, train_proposals_per_window=6, train_slices_per_proposal=3,
             prompt_jitter=6.0)
 
     def with_window(self, window):

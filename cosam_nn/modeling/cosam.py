@@ -4,10 +4,10 @@ Inference, fully automatic (no prompts from a person):
 window (B, 1, L, H, W) -> sequence detector -> per proposal, its boxes on the slices where it is
 present -> each box cropped (a square of at least `crop_size` slice pixels around it, resampled to
 U-SAM's input) and segmented by U-SAM prompted with that box -> CCM on (mean mask token of the
-proposal, its sequence feature) -> score = detector score x CCM probability -> score threshold and
+proposal, its sequence feature) -> score = sqrt(detector score x CCM probability) -> threshold and
 NMS on the proposals' union boxes -> the kept masks pasted (max) into the window's logits
-(B, 2, L, H, W). Logits are bounded to +-`LOGIT_BOUND` (nnU-Net sums tiles in float16); a window
-without a kept box is background everywhere.
+(B, 2, L, H, W) as [0, foreground logit]. The foreground logit lies in [BACKGROUND_LOGIT, LOGIT_BOUND]
+(nnU-Net sums tiles in float16); a window without a kept box is BACKGROUND_LOGIT everywhere.
 """
 from dataclasses import dataclass
 
@@ -24,6 +24,10 @@ from cosam_nn.node_geometry import union_boxes
 from cosam_nn.training import training_losses
 
 LOGIT_BOUND = 12.0
+# Foreground logit where no kept box lies. Weak on purpose: nnU-Net averages the logits of
+# overlapping tiles, and a window that missed a node (or held only part of it) must not outvote the
+# window that found it.
+BACKGROUND_LOGIT = -4.0
 
 
 @dataclass
@@ -63,19 +67,20 @@ class CoSAM(nn.Module):
     def _candidates(self, det, b):
         """Indices of the proposals of window b worth segmenting, best first.
 
-        The final score is the detector's times the CCM's probability, so a proposal whose detector
-        score is already below the threshold can never be kept: it is not segmented at all.
+        The final score is sqrt(detector score x CCM probability), so a proposal whose detector
+        score is below threshold^2 can never be kept: it is not segmented at all.
         """
         scores = det["scores"][b].sigmoid()
         order = scores.argsort(descending=True)[: self.cfg.max_boxes]
-        return order[scores[order] >= self.cfg.score_threshold]
+        floor = self.cfg.score_threshold ** 2 if self.ccm is not None else self.cfg.score_threshold
+        return order[scores[order] >= floor]
 
     @torch.no_grad()
     def detect(self, window):
         """(logits (B, 2, L, H, W), list of B `Detections`)."""
         b, _, length, h, w = window.shape
         det = self.detector(window)
-        fg = torch.full((b, length, h, w), -LOGIT_BOUND, device=window.device, dtype=window.dtype)
+        fg = torch.full((b, length, h, w), BACKGROUND_LOGIT, device=window.device, dtype=window.dtype)
         results = []
         for i in range(b):
             cand = self._candidates(det, i)
@@ -92,11 +97,12 @@ class CoSAM(nn.Module):
             if self.ccm is not None:
                 mean_tokens = torch.zeros(len(cand), tokens.shape[1], device=tokens.device).index_add_(0, owner, tokens)
                 mean_tokens = mean_tokens / present.sum(1, keepdim=True)
-                scores = scores * self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
+                ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
+                scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
             kept = torch.nonzero(scores >= self.cfg.score_threshold).squeeze(1)
             kept = kept[nms(union_boxes(boxes[kept], present[kept]), scores[kept], self.cfg.nms_iou)]
             for m in torch.nonzero(torch.isin(owner, kept)).squeeze(1).tolist():
-                paste_crop(fg[i, slice_id[m]], masks[m, 0].clamp(-LOGIT_BOUND, LOGIT_BOUND), regions[m])
+                paste_crop(fg[i, slice_id[m]], masks[m, 0].clamp(BACKGROUND_LOGIT, LOGIT_BOUND), regions[m])
             results.append(Detections(boxes[kept], present[kept], scores[kept]))
         logits = torch.stack([torch.zeros_like(fg), fg], dim=1)
         return logits, results

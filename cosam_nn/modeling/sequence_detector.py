@@ -14,8 +14,8 @@ proposal. The class token is the proposal's sequence feature handed to the CCM.
 Matching: stage 1 assigns a grid location to the smallest node whose union box (over the window)
 has its centre region around that location (within max(stride, 0.3 x size) of the centre);
 stage 2 assigns a proposal to the node of highest union-box IoU if that IoU >= positive_iou, and
-the true tubes are added to the proposals in training. Losses: sigmoid focal loss for objectness
-and class, BCE for per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on
+the true tubes are added to the proposals in training. Losses: sigmoid focal loss for the dense
+objectness, BCE (calibrated, so that scores can be thresholded) for the proposal class and per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on
 the slices where the node is present.
 """
 from dataclasses import dataclass
@@ -260,9 +260,8 @@ class SequenceDetector(nn.Module):
             l1s.append(l1)
             gious.append(giou)
             pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
-        num_pos = max(1.0, float(cls_t.sum()))
         zero = refined.sum() * 0.0 + presence.sum() * 0.0
-        cls = sigmoid_focal_loss(scores[valid], cls_t[valid], reduction="sum") / num_pos
+        cls = F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid])
         return {"det_class": cls,
                 "det_box_l1": torch.stack(l1s).mean() if l1s else zero,
                 "det_box_giou": torch.stack(gious).mean() if gious else zero,
