@@ -56,15 +56,15 @@ class Pipeline:
         self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", "3d_fullres",
                                          "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"])
 
-    def train(self, trainer, epochs, iters, val_iters=2):
+    def train(self, trainer, epochs, iters, val_iters=2, fold=0):
         env = dict(self.env, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"),
                    COSAM_EPOCHS=str(epochs), COSAM_ITERS=str(iters), COSAM_VAL_ITERS=str(val_iters))
-        return self.run(f"train {trainer} (fold 0, {epochs} x {iters} iterations)",
-                        ["nnUNetv2_train", self.did, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
+        return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations)",
+                        ["nnUNetv2_train", self.did, "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"], env)
 
-    def predict(self, trainer, out, tta=False):
+    def predict(self, trainer, out, tta=False, fold=0):
         args = ["nnUNetv2_predict", "-i", os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
-                "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
+                "-c", "3d_fullres", "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
         return self.run("predict the test cases", args + ([] if tta else ["--disable_tta"]))
 
     def dice(self, pred):
@@ -92,7 +92,7 @@ def main(argv=None):
     p.add_argument("--cases", type=int, default=20, help="synthetic cases (default 20)")
     p.add_argument("--shape", type=int, nargs=3, default=(32, 96, 96), metavar=("Z", "Y", "X"))
     p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer", help="trainer class (default CoSAMTrainerSmall)")
-    p.add_argument("--epochs", type=int, default=6, help="COSAM_EPOCHS (default 6)")
+    p.add_argument("--epochs", type=int, default=8, help="COSAM_EPOCHS (default 8)")
     p.add_argument("--iters", type=int, default=50, help="COSAM_ITERS, iterations per epoch (default 50)")
     a = p.parse_args(argv)
     start = time.time()

@@ -12,8 +12,17 @@ def soft_dice_loss(logits, target, eps=1.0):
 
 
 def mask_loss(logits, target):
-    """U-SAM's loss: 0.4 cross-entropy + 0.6 Dice (paper / released U-SAM)."""
-    return 0.4 * F.binary_cross_entropy_with_logits(logits, target) + 0.6 * soft_dice_loss(logits, target)
+    """U-SAM's loss: 0.4 cross-entropy + 0.6 Dice (paper / released U-SAM).
+
+    Cross-entropy over all masks; Dice only over the masks whose target holds the node. Boxes
+    without a node (unmatched proposals) have empty targets, and a per-mask Dice on those would
+    only push every pixel to background, which on small nodes collapses U-SAM to empty masks.
+    """
+    ce = F.binary_cross_entropy_with_logits(logits, target)
+    has_node = target.flatten(1).amax(1) > 0
+    if not has_node.any():
+        return ce
+    return 0.4 * ce + 0.6 * soft_dice_loss(logits[has_node], target[has_node])
 
 
 def mask_iou(logits, target):

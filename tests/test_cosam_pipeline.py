@@ -63,4 +63,17 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
                 probs = np.load(os.path.join(pred, f.replace("_0000.nii.gz", ".npz")))["probabilities"]
                 assert probs.shape == (2,) + sitk.GetArrayFromImage(ref).shape
                 np.testing.assert_allclose(probs.sum(0), 1, atol=1e-3)
+
+    # nnU-Net's model sharing and configuration selection work for the trainer as for its own
+    proc = run_cli(["nnUNetv2_find_best_configuration", "512", "-c", "3d_fullres", "-tr", TRAINER, "-f", "0",
+                    "-np", "1"], env)
+    assert TRAINER in proc.stdout
+    archive = str(tmp_path / "model.zip")
+    run_cli(["nnUNetv2_export_model_to_zip", "-d", "512", "-o", archive, "-c", "3d_fullres", "-tr", TRAINER, "-f", "0"], env)
     shutil.rmtree(out)
+    run_cli(["nnUNetv2_install_pretrained_model_from_zip", archive], env)
+    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    pred = str(tmp_path / "pred_installed")
+    run_cli(["nnUNetv2_predict", "-i", short_dir, "-o", pred, "-d", "512", "-c", "3d_fullres", "-f", "0",
+             "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    assert os.path.isfile(os.path.join(pred, "short.nii.gz"))

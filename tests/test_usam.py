@@ -122,3 +122,17 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"weight": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a SAM checkpoint"):
         load_sam_checkpoint(str(other), small)
+
+
+def test_mask_loss_does_not_push_node_masks_by_empty_ones():
+    """Empty targets (unmatched boxes) add cross-entropy only, never a Dice term."""
+    logits = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:5, 2:5] = 1
+    both = mask_loss(logits, target)
+    only_ce_for_empty = 0.4 * torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + \
+        0.6 * (1 - (2 * 0.5 * 9 + 1) / (0.5 * 64 + 9 + 1))
+    torch.testing.assert_close(both, only_ce_for_empty)
+    empty = torch.zeros(1, 1, 8, 8)
+    torch.testing.assert_close(mask_loss(logits[1:], empty),
+                               torch.nn.functional.binary_cross_entropy_with_logits(logits[1:], empty))

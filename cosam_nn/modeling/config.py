@@ -79,7 +79,7 @@ class CoSAMConfig:
             usam=USAMConfig(img_size=64, unet_channels=(8, 16, 24, 32, 64), depth=2, heads=4, window_size=0,
                             global_attn_indexes=(), prompt_dim=64, decoder_depth=1, decoder_mlp_dim=128,
                             decoder_heads=4),
-            crop_size=48, ccm_hidden=64, max_boxes=12, train_true_boxes=6, train_proposals_per_window=6, train_slices_per_proposal=3,
+            crop_size=32, ccm_hidden=64, max_boxes=12, train_true_boxes=6, train_proposals_per_window=6, train_slices_per_proposal=3,
             prompt_jitter=6.0)
 
     def with_window(self, window):
