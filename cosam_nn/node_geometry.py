@@ -75,7 +75,9 @@ def union_boxes(boxes, present):
 
 
 def expand_boxes(boxes, margin, height, width):
-    """Grow (…, 4) boxes by `margin` pixels on each side, clipped to the image."""
-    grown = boxes + torch.tensor([-margin, -margin, margin, margin], dtype=boxes.dtype, device=boxes.device)
+    """Grow (…, 4) boxes by `margin` pixels on each side (a number, or one per side, (…, 4)),
+    clipped to the image."""
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=boxes.dtype, device=boxes.device)
+    grown = boxes + sign * margin
     limit = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
     return torch.minimum(grown.clamp(min=0), limit)

@@ -20,7 +20,7 @@ from torchvision.ops import box_iou
 
 from cosam_nn.losses import mask_iou, mask_loss
 from cosam_nn.crops import crop_slices
-from cosam_nn.node_geometry import NodeBoxes, node_boxes_and_instances, union_boxes
+from cosam_nn.node_geometry import NodeBoxes, expand_boxes, node_boxes_and_instances, union_boxes
 
 PHASES = ("pretrain", "joint")
 
@@ -49,10 +49,7 @@ def window_targets(labels):
 
 def jitter_boxes(boxes, max_margin, height, width):
     """Grow each side of boxes (M, 4) by a random 0..max_margin pixels (SAM prompt jitter), clipped."""
-    margin = torch.rand_like(boxes) * max_margin
-    grown = boxes + margin * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device)
-    limit = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
-    return torch.minimum(grown.clamp(min=0), limit)
+    return expand_boxes(boxes, torch.rand_like(boxes) * max_margin, height, width)
 
 
 def _true_prompts(window_targets_, length, cap, jitter, h, w):

@@ -46,3 +46,9 @@ def test_node_touching_the_border_and_empty_window():
     empty = node_boxes(np.zeros((5, 16, 16)))
     assert len(empty) == 0 and empty.boxes.shape == (0, 5, 4) and empty.present.shape == (0, 5)
     assert union_boxes(empty.boxes, empty.present).shape == (0, 4)
+
+
+def test_expand_boxes_by_one_margin_per_side():
+    box = torch.tensor([[4.0, 4, 8, 8]])
+    out = expand_boxes(box, torch.tensor([[1.0, 2, 3, 20]]), 16, 16)
+    assert out.tolist() == [[3, 2, 11, 16]]

@@ -116,7 +116,3 @@ class CoSAM(nn.Module):
             return self.detect(window)[0]
         return training_losses(self, window, labels, phase)
 
-
-def count_parameters(module):
-    return sum(p.numel() for p in module.parameters())
-
