@@ -38,6 +38,8 @@ setup(
             "cosam_convert_meply=cosam_nn.dataset_conversion.Dataset501_Meply:main",
             "cosam_trainer_dir=cosam_nn.trainer_dir:main",
             "cosam_demo=cosam_nn.demo:main",
+            "cosam_evaluate=cosam_nn.evaluation:main",
+            "cosam_report=cosam_nn.report:main",
         ]
     },
 )

@@ -1,7 +1,8 @@
 """`cosam_demo`: the whole path on built-in synthetic data, through the same commands a user runs.
 
 synthetic Meply-like CT -> cosam_convert_meply -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train
--tr CoSAMTrainerSmall -> nnUNetv2_predict on the held-out test cases -> Dice per test case.
+-tr CoSAMTrainerSmall -> nnUNetv2_predict on the held-out test cases -> cosam_evaluate (headline
+table, pictures) -> cosam_report of one case (node table, N category, pictures).
 
 Everything lands in one work folder (default ./demo_work) with its own nnUNet_raw,
 nnUNet_preprocessed and nnUNet_results, so a user's own nnU-Net folders are never touched.
@@ -62,10 +63,11 @@ class Pipeline:
         return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations)",
                         ["nnUNetv2_train", self.did, "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"], env)
 
-    def predict(self, trainer, out, tta=False, fold=0):
+    def predict(self, trainer, out, tta=False, fold=0, probabilities=False):
         args = ["nnUNetv2_predict", "-i", os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
                 "-c", "3d_fullres", "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
-        return self.run("predict the test cases", args + ([] if tta else ["--disable_tta"]))
+        args += ([] if tta else ["--disable_tta"]) + (["--save_probabilities"] if probabilities else [])
+        return self.run("predict the test cases", args)
 
     def dice(self, pred):
         """{case: (reference voxels, predicted voxels, Dice or NaN when both are empty)}."""
@@ -100,9 +102,18 @@ def main(argv=None):
     pipe.prepare(a.cases, a.shape)
     pipe.train(a.trainer, a.epochs, a.iters)
     pred = os.path.join(pipe.work, "predictions")
-    pipe.predict(a.trainer, pred)
+    pipe.predict(a.trainer, pred, probabilities=True)
+    pictures = os.path.join(pipe.work, "pictures")
+    pipe.run("evaluate", ["cosam_evaluate", "-ref", os.path.join(pipe.raw, "labelsTs"), "-pred", pred,
+                          "-o", os.path.join(pipe.work, "evaluation"), "--probs", "--plots", pictures])
+    case = max(pipe.dice(pred).items(), key=lambda kv: kv[1][1])[0]  # the case with most predicted voxels
+    report = os.path.join(pipe.work, "report", case + ".json")
+    pipe.run(f"node report of {case}", ["cosam_report", os.path.join(pipe.raw, "imagesTs", case + "_0000.nii.gz"),
+                                        os.path.join(pred, case + ".nii.gz"), "--probs", os.path.join(pred, case + ".npz"),
+                                        "-o", report, "--plots", pictures])
     print("\n=== test cases\n" + dice_table(pipe.dice(pred)))
-    print(f"\npredictions in {pred}; whole demo {time.time() - start:.0f} s")
+    print(f"\npredictions in {pred}\nevaluation in {os.path.join(pipe.work, 'evaluation')} (summary.md, summary.json)"
+          f"\nnode report in {report} (and .csv)\npictures in {pictures}\nwhole demo {time.time() - start:.0f} s")
     return 0
 
 
