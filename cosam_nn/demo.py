@@ -39,10 +39,13 @@ class Pipeline:
         start = time.time()
         env = env or self.env
         exe = shutil.which(args[0], path=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
-        proc = subprocess.run([exe or args[0]] + list(args[1:]), env=env)
+        proc = subprocess.Popen([exe or args[0]] + list(args[1:]), env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             sys.exit(f"cosam_demo: step '{title}' failed (exit {proc.returncode}); see the output above")
         seconds = time.time() - start
+        self.last_peak_mib = usage.ru_maxrss / 1024  # the step's largest process, in MiB (Linux: kB)
         self.log(f"--- {title}: {seconds:.0f} s")
         return seconds
 

@@ -1,0 +1,16 @@
+import pytest
+
+from cosam_nn.demo import Pipeline, dice_table
+
+
+def test_steps_record_time_and_peak_memory_and_stop_on_failure(tmp_path):
+    pipe = Pipeline(str(tmp_path / "work"), log=lambda *_: None)
+    seconds = pipe.run("trainer folder", ["cosam_trainer_dir"])
+    assert seconds >= 0 and pipe.last_peak_mib > 1  # a Python process takes more than 1 MiB
+    with pytest.raises(SystemExit, match="step 'bad input' failed"):
+        pipe.run("bad input", ["cosam_convert_meply", str(tmp_path / "missing"), "-d", "999"])
+
+
+def test_dice_table_mean_leaves_out_cases_without_nodes():
+    table = dice_table({"a": (10, 10, 0.5), "b": (0, 0, float("nan")), "c": (4, 0, 0.0)})
+    assert "mean         Dice 0.250 over 2 case(s)" in table
