@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torchvision.ops import box_iou
 
 from cosam_nn.losses import mask_iou, mask_loss
+from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.crops import crop_slices
 from cosam_nn.node_geometry import NodeBoxes, expand_boxes, node_boxes_and_instances, union_boxes
 
@@ -162,9 +163,7 @@ def training_losses(model, window, labels, phase):
     if model.ccm is not None and from_detector is not None:
         n_props = int(from_detector[3].max()) + 1
         tail = tokens[len(index) - len(from_detector[0]):]  # the detector prompts come last
-        owner = from_detector[3]
-        mean_tokens = torch.zeros(n_props, tail.shape[1], device=tail.device).index_add(0, owner, tail)
-        mean_tokens = mean_tokens / torch.bincount(owner, minlength=n_props).clamp(min=1).unsqueeze(1)
+        mean_tokens = mean_token_per_proposal(tail, from_detector[3], n_props)
         seq = torch.cat([det["seq_features"][bi][props] for bi, (props, _) in enumerate(chosen)])
         matched = torch.cat([(nodes > 0).long() for _, nodes in chosen])
         if phase == "pretrain":

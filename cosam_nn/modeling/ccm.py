@@ -20,3 +20,9 @@ class CollaborativeClassifier(nn.Module):
 
     def forward(self, mask_tokens, seq_features):
         return self.head(torch.cat([mask_tokens, seq_features], dim=-1))
+
+
+def mean_token_per_proposal(tokens, owner, n_proposals):
+    """Mean of the mask tokens (M, P) of each proposal's boxes: owner (M,) gives each box's proposal."""
+    sums = torch.zeros(n_proposals, tokens.shape[1], device=tokens.device).index_add(0, owner, tokens)
+    return sums / torch.bincount(owner, minlength=n_proposals).clamp(min=1).unsqueeze(1)

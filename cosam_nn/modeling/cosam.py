@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from cosam_nn.crops import boxes_in_crops, crop_regions, crop_slices, paste_crop
-from cosam_nn.modeling.ccm import CollaborativeClassifier
+from cosam_nn.modeling.ccm import CollaborativeClassifier, mean_token_per_proposal
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.usam import USAM
@@ -95,8 +95,7 @@ class CoSAM(nn.Module):
             masks, _, tokens, regions = self.segment_boxes(window, i * length + slice_id, boxes[owner, slice_id])
             scores = det["scores"][i][cand].sigmoid()
             if self.ccm is not None:
-                mean_tokens = torch.zeros(len(cand), tokens.shape[1], device=tokens.device).index_add_(0, owner, tokens)
-                mean_tokens = mean_tokens / present.sum(1, keepdim=True)
+                mean_tokens = mean_token_per_proposal(tokens, owner, len(cand))
                 ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
                 scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
             kept = torch.nonzero(scores >= self.cfg.score_threshold).squeeze(1)
