@@ -66,11 +66,11 @@ class Pipeline:
         return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations)",
                         ["nnUNetv2_train", self.did, "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"], env)
 
-    def predict(self, trainer, out, tta=False, fold=0, probabilities=False):
-        args = ["nnUNetv2_predict", "-i", os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
+    def predict(self, trainer, out, tta=False, fold=0, probabilities=False, images=None):
+        args = ["nnUNetv2_predict", "-i", images or os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
                 "-c", "3d_fullres", "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
         args += ([] if tta else ["--disable_tta"]) + (["--save_probabilities"] if probabilities else [])
-        return self.run("predict the test cases", args)
+        return self.run(f"predict {'the test cases' if images is None else images} with {trainer}", args)
 
     def dice(self, pred):
         """{case: (reference voxels, predicted voxels, Dice or NaN when both are empty)}."""

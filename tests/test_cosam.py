@@ -48,3 +48,15 @@ def test_kept_boxes_give_bounded_logits_of_the_window_shape():
     # the kept boxes' masks were pasted
     assert (logits[0, 1] > BACKGROUND_LOGIT).any()
     assert torch.equal(model(x), logits)
+
+
+def test_a_detections_probability_is_capped_at_its_score():
+    from cosam_nn.modeling.cosam import MIN_FG_LOGIT, score_logit_cap
+    scores = torch.tensor([0.5, 0.6, 0.9, 1.0])
+    probs = score_logit_cap(scores).sigmoid()
+    torch.testing.assert_close(probs[1:3], scores[1:3], atol=1e-5, rtol=0)
+    assert probs[0] == torch.sigmoid(torch.tensor(MIN_FG_LOGIT)) and probs[3] < 1
+    torch.manual_seed(0)
+    model = CoSAM(replace(CoSAMConfig.small(window=5), score_threshold=0.0, nms_iou=1.0)).eval()
+    logits, dets = model.detect(torch.randn(1, 1, 5, 40, 40))
+    assert logits[0, 1].max() <= score_logit_cap(dets[0].scores).max() + 1e-6

@@ -4,7 +4,7 @@ from torchvision.ops import box_iou
 
 from blobs import blob_windows
 from cosam_nn.modeling.config import CoSAMConfig, DetectorConfig
-from cosam_nn.modeling.sequence_detector import SequenceDetector, decode_boxes, encode_boxes
+from cosam_nn.modeling.sequence_detector import SequenceDetector, decode_boxes, dense_targets, encode_boxes
 from cosam_nn.node_geometry import node_boxes
 
 
@@ -80,3 +80,15 @@ def test_detector_learns_to_find_blobs():
         opt.step()
     after = _recall(det, x, targets)
     assert before < 0.5 and after >= 0.9, (before, after)
+
+
+def test_dense_targets_mark_the_cells_inside_each_slices_box():
+    det = SequenceDetector(CoSAMConfig.small(window=5).detector)
+    anchors = det._anchors(8, 8, (32, 32), torch.device("cpu"))  # cell centres at 2, 6, 10, ...
+    mask = torch.zeros(5, 32, 32, dtype=torch.bool)
+    mask[1:3, 8:16, 8:16] = True  # box (8, 8, 16, 16) on slices 1 and 2: centres 10 and 14 inside
+    target = dense_targets(anchors, node_boxes(mask))
+    expected = torch.zeros(5, 8, 8)
+    expected[1:3, 2:4, 2:4] = 1
+    assert torch.equal(target, expected)
+    assert torch.equal(dense_targets(anchors, node_boxes(torch.zeros(5, 32, 32))), torch.zeros(5, 8, 8))

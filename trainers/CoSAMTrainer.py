@@ -15,6 +15,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
+from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
@@ -135,6 +141,30 @@ class CoSAMTrainer(nnUNetTrainer):
         except (OSError, ValueError) as e:
             raise SystemExit(f"{self.__class__.__name__}: {SAM_CHECKPOINT_VARIABLE}: {e}") from None
         self.print_to_log_file(f"U-SAM initialised from {path}\n{report.summary()}")
+
+    # ---- augmentation: the paper's (random crop, flip, contrast) ----------------------------------
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """No rotation or scaling, so nnU-Net's loader crops the patch itself (the random crop)."""
+        rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        return rotation, dummy_2d, self.configuration_manager.patch_size, mirror_axes
+
+    @staticmethod
+    def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        """Flips and contrast/brightness only. nnU-Net's default set (rotation, scaling, noise, blur,
+        gamma, simulated low resolution) slowed the detector so much that 320 CPU iterations often
+        ended with no node found at all; the paper trains CoSAM with crop, flip and contrast."""
+        if is_cascaded or regions is not None:
+            raise ValueError("CoSAM trainers support neither cascades nor region-based labels")
+        return ComposeTransforms([
+            RandomTransform(MultiplicativeBrightnessTransform(multiplier_range=BGContrast((0.75, 1.25)),
+                                                              synchronize_channels=False, p_per_channel=1),
+                            apply_probability=0.15),
+            RandomTransform(ContrastTransform(contrast_range=BGContrast((0.75, 1.25)), preserve_range=True,
+                                              synchronize_channels=False, p_per_channel=1), apply_probability=0.3),
+            MirrorTransform(allowed_axes=mirror_axes),
+            RemoveLabelTansform(-1, 0)])
 
     # ---- training -------------------------------------------------------------------------------
     def on_train_epoch_start(self):

@@ -28,6 +28,17 @@ LOGIT_BOUND = 12.0
 # overlapping tiles, and a window that missed a node (or held only part of it) must not outvote the
 # window that found it.
 BACKGROUND_LOGIT = -4.0
+MIN_FG_LOGIT = 0.5
+
+
+def score_logit_cap(scores):
+    """Highest foreground logit of each detection's mask: the logit of its score (>= MIN_FG_LOGIT).
+
+    A mask pixel keeps U-SAM's decision (logit > 0 is node) but its probability is at most the
+    detection's score, so a node's mean probability ranks it by how sure CoSAM is that it is a
+    metastatic node (what FROC and AP need), not by how sharp its outline is.
+    """
+    return torch.logit(scores.float(), eps=1e-6).clamp(MIN_FG_LOGIT, LOGIT_BOUND)
 
 
 @dataclass
@@ -100,8 +111,9 @@ class CoSAM(nn.Module):
                 scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
             kept = torch.nonzero(scores >= self.cfg.score_threshold).squeeze(1)
             kept = kept[nms(union_boxes(boxes[kept], present[kept]), scores[kept], self.cfg.nms_iou)]
+            cap = score_logit_cap(scores)
             for m in torch.nonzero(torch.isin(owner, kept)).squeeze(1).tolist():
-                paste_crop(fg[i, slice_id[m]], masks[m, 0].clamp(BACKGROUND_LOGIT, LOGIT_BOUND), regions[m])
+                paste_crop(fg[i, slice_id[m]], masks[m, 0].clamp(BACKGROUND_LOGIT, float(cap[owner[m]])), regions[m])
             results.append(Detections(boxes[kept], present[kept], scores[kept]))
         logits = torch.stack([torch.zeros_like(fg), fg], dim=1)
         return logits, results

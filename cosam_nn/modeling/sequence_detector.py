@@ -51,6 +51,17 @@ def decode_boxes(reference, deltas):
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def dense_targets(anchors, target):
+    """(L, h, w) float: 1 where a grid cell's centre lies inside a node's box on that slice."""
+    cx = (anchors[..., 0] + anchors[..., 2]) / 2
+    cy = (anchors[..., 1] + anchors[..., 3]) / 2
+    boxes = target.boxes.to(anchors.device).transpose(0, 1)[:, None, None]  # (L, 1, 1, N, 4)
+    inside = ((cx[None, ..., None] >= boxes[..., 0]) & (cx[None, ..., None] < boxes[..., 2])
+              & (cy[None, ..., None] >= boxes[..., 1]) & (cy[None, ..., None] < boxes[..., 3])
+              & target.present.to(anchors.device).T[:, None, None, :])
+    return inside.any(-1).float()
+
+
 @dataclass
 class Proposals:
     """Sequence proposals of one window: boxes (N, L, 4), present (N, L) bool, scores (N,)."""
@@ -104,6 +115,8 @@ class SequenceDetector(nn.Module):
         length, c, d = cfg.window, cfg.feature_dim, cfg.token_dim
         self.backbone = SliceBackbone(cfg.channels, c)
         self.proposal_head = ProposalHead(length, c)
+        self.dense_head = nn.Conv2d(c, 1, 1)  # auxiliary: is this cell inside a node's box on its slice?
+        nn.init.constant_(self.dense_head.bias, -4.6)
         self.roi_embed = nn.Sequential(nn.Flatten(1), nn.Linear(c * cfg.roi_size ** 2, d), nn.ReLU(inplace=True))
         self.box_embed = nn.Linear(4, d)
         self.presence_embed = nn.Embedding(2, d)
@@ -146,6 +159,16 @@ class SequenceDetector(nn.Module):
         area = torch.where(inside, (uw * uh).expand_as(inside), torch.full_like(inside, float("inf"), dtype=torch.float32))
         best = area.argmin(-1)
         return torch.where(inside.any(-1), best, torch.full_like(best, -1))
+
+    def _dense_loss(self, feats, anchors, targets):
+        """Auxiliary per-slice loss (as in Retina U-Net): focal loss of a 1x1 head on each slice's
+        features against `dense_targets`. Dense supervision teaches the backbone what a node looks
+        like far sooner than the few positive locations of the objectness alone: without it, the
+        small detector often found nothing after 320 CPU iterations."""
+        b, length, _, h, w = feats.shape
+        logits = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w)
+        target = torch.stack([dense_targets(anchors, t) for t in targets])
+        return sigmoid_focal_loss(logits, target, reduction="sum") / max(1.0, float(target.sum()))
 
     def _stage1_losses(self, objectness, deltas, presence, anchors, targets):
         obj_t, box_l1, box_giou, pres = [], [], [], []
@@ -279,6 +302,7 @@ class SequenceDetector(nn.Module):
         losses = {}
         if targets is not None:
             losses.update(self._stage1_losses(objectness, deltas, presence, anchors, targets))
+            losses["rpn_dense"] = self._dense_loss(feats, anchors, targets)
             proposals = self._with_true_tubes(proposals, targets)
         n = max(1, max(len(p.scores) for p in proposals))
         boxes, present, valid = self._pad(proposals, n)

@@ -1,0 +1,154 @@
+"""Where does a trained CoSAM lose nodes? Stage by stage, on the validation cases of its fold.
+
+    python bench/diagnose.py RESULTS_FOLD_FOLDER [-tr CoSAMTrainerSmall] [--step 4]
+
+RESULTS_FOLD_FOLDER is nnU-Net's .../<trainer>__<plans>__3d_fullres/fold_N with checkpoint_final.pth.
+Windows of L slices (step --step) over the preprocessed validation cases of that fold; for every
+node cross-cut by a window (present on its centre slice), prints the share found at each stage:
+stage-1 proposals, stage-2 boxes, detector score above thresholds, CCM probability, the final
+score, and U-SAM's Dice when prompted with the true box; and the false boxes per window.
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+from torchvision.ops import box_iou
+
+from cosam_nn.modeling.ccm import mean_token_per_proposal
+from cosam_nn.modeling.cosam import CoSAM
+from cosam_nn.node_geometry import node_boxes_and_instances, union_boxes
+from cosam_nn.trainer_dir import trainer_dir
+
+THRESHOLDS = (0.1, 0.25, 0.5)
+
+
+def load_model(fold_folder, trainer_name):
+    trainer = recursive_find_python_class(trainer_dir(), trainer_name, "cosam_nn.trainers")
+    model = CoSAM(trainer.cosam_config())
+    ckpt = torch.load(os.path.join(fold_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["network_weights"])
+    return model.eval()
+
+
+def validation_cases(fold_folder):
+    model_folder = os.path.dirname(fold_folder)
+    plans = load_json(os.path.join(model_folder, "plans.json"))
+    dataset = plans["dataset_name"]
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], dataset)
+    fold = int(os.path.basename(fold_folder).split("_")[1])
+    val = load_json(os.path.join(pre, "splits_final.json"))[fold]["val"]
+    data_folder = os.path.join(pre, plans["configurations"]["3d_fullres"]["data_identifier"])
+    ds = infer_dataset_class(data_folder)(data_folder, val)
+    for case in val:
+        data, seg, _, _ = ds.load_case(case)
+        yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0
+
+
+@torch.no_grad()
+def window_stats(model, window, labels):
+    """Per node present on the window's centre slice: dict of its best values at each stage."""
+    boxes, inst = node_boxes_and_instances(labels)
+    length = labels.shape[0]
+    centre = length // 2
+    nodes = torch.nonzero(boxes.present[:, centre]).squeeze(1)
+    det = model.detector(window)
+    _, kept = model.detect(window)
+    kept = kept[0]
+    t_union = union_boxes(boxes.boxes, boxes.present)
+    valid = det["valid"][0]
+    present = det["presence"][0].sigmoid() > model.cfg.presence_threshold
+    present[:, centre] |= ~present.any(1)
+    score = det["scores"][0].sigmoid()
+    s1 = det["proposals"][0]
+    out = {"nodes": [], "false": {}}
+    iou2 = box_iou(union_boxes(det["boxes"][0], present), t_union) if len(t_union) else None
+    ccm = None
+    if model.ccm is not None and valid.any():
+        idx = torch.nonzero(valid).squeeze(1)
+        owner, sl = torch.nonzero(present[idx], as_tuple=True)
+        _, _, tokens, _ = model.segment_boxes(window, sl, det["boxes"][0][idx][owner, sl])
+        ccm = torch.zeros_like(score)
+        ccm[idx] = model.ccm(mean_token_per_proposal(tokens, owner, len(idx)), det["seq_features"][0][idx]).softmax(-1)[:, 1]
+    matched_any = torch.zeros_like(valid)
+    for n in nodes.tolist():
+        row = {"voxels": int(boxes.voxels[n])}
+        iou1 = box_iou(union_boxes(s1.boxes, s1.present), t_union[n:n + 1])[:, 0] if len(s1.scores) else torch.zeros(0)
+        row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
+        match = (iou2[:, n] >= 0.3) & valid
+        matched_any |= match
+        row["stage2_iou"] = float(iou2[:, n][valid].max()) if valid.any() else 0.0
+        row["det_score"] = float(score[match].max()) if match.any() else 0.0
+        row["ccm"] = float(ccm[match].max()) if ccm is not None and match.any() else None
+        kiou = box_iou(union_boxes(kept.boxes, kept.present), t_union[n:n + 1])[:, 0] if len(kept.scores) else torch.zeros(0)
+        row["final_score"] = float(kept.scores[kiou >= 0.3].max()) if (kiou >= 0.3).any() else 0.0
+        s = torch.tensor([centre])
+        m, _, _, _ = model.segment_boxes(window, s, boxes.boxes[n, centre:centre + 1])
+        row["usam_true_box_dice"] = _crop_dice(model, window, labels, inst, n, centre, m)
+        out["nodes"].append(row)
+    unmatched = valid & ~matched_any
+    for t in THRESHOLDS:
+        out["false"][t] = int((score[unmatched] >= t).sum())
+    out["false_final"] = len(kept.scores)
+    out["kept_true"] = sum(r["final_score"] > 0 for r in out["nodes"])
+    return out
+
+
+def _crop_dice(model, window, labels, inst, n, s, mask_logits):
+    from cosam_nn.crops import crop_regions, crop_slices
+    box = node_boxes_and_instances(labels)[0].boxes[n, s:s + 1]
+    region = crop_regions(box, model.cfg.crop_size)
+    size = mask_logits.shape[-1]
+    target = crop_slices(torch.from_numpy(inst[s] == n + 1).float()[None, None], torch.tensor([0]), region, size) > 0.5
+    pred = mask_logits[0, 0] > 0
+    t = target[0, 0]
+    total = int(pred.sum() + t.sum())
+    return 2 * int((pred & t).sum()) / total if total else 1.0
+
+
+def report(model, cases, step=4, name="CoSAM"):
+    """Print the stage-by-stage shares over (case, image, label) triples."""
+    length = model.cfg.detector.window
+    rows, false, false_final, windows = [], {t: 0 for t in THRESHOLDS}, 0, 0
+    for case, image, label in cases:
+        for z in range(0, image.shape[0] - length + 1, step):
+            window = torch.from_numpy(image[z:z + length])[None, None]
+            stats = window_stats(model, window, label[z:z + length])
+            rows += stats["nodes"]
+            for t in THRESHOLDS:
+                false[t] += stats["false"][t]
+            false_final += stats["false_final"] - stats["kept_true"]
+            windows += 1
+    n = max(1, len(rows))
+    share = lambda f: sum(map(f, rows)) / n
+    print(f"{name}: {windows} windows, {len(rows)} node cross-cuts (node on the centre slice)")
+    print(f"stage 1 proposal union IoU >= 0.3: {share(lambda r: r['stage1_iou'] >= 0.3):.2f}; "
+          f">= 0.5: {share(lambda r: r['stage1_iou'] >= 0.5):.2f}")
+    print(f"stage 2 box union IoU >= 0.3: {share(lambda r: r['stage2_iou'] >= 0.3):.2f}")
+    for t in THRESHOLDS:
+        print(f"detector score >= {t}: found {share(lambda r: r['det_score'] >= t):.2f}; "
+              f"false proposals per window {false[t] / max(1, windows):.2f}")
+    if rows and rows[0]["ccm"] is not None:
+        print(f"CCM probability of the matched proposal: median {np.median([r['ccm'] or 0 for r in rows]):.2f}")
+    print(f"kept (final score >= threshold): found {share(lambda r: r['final_score'] > 0):.2f}; "
+          f"other kept boxes per window {false_final / max(1, windows):.2f}")
+    print(f"U-SAM Dice with the true box, centre slice: mean {share(lambda r: r['usam_true_box_dice']):.3f}")
+    small = [r for r in rows if r["voxels"] < 200]
+    print(f"nodes < 200 voxels in window: {len(small)}; found at stage 2: "
+          f"{sum(r['stage2_iou'] >= 0.3 for r in small) / max(1, len(small)):.2f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("fold_folder")
+    p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer")
+    p.add_argument("--step", type=int, default=4)
+    a = p.parse_args()
+    report(load_model(a.fold_folder, a.trainer), validation_cases(a.fold_folder), a.step, a.trainer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Prediction time and memory of one full-size CT volume on this machine, per trained model.
+
+    python bench/predict_large.py --work bench_work/compare [-tr nnUNetTrainerBudget CoSAMTrainerSmall]
+                                  [--shape 300 512 512]
+
+Uses the models that `bench/compare.py` trained in its work folder (fold 0, 3d_fullres). Writes one
+synthetic volume of --shape (1.25 x 0.7 x 0.7 mm, fixed seed), predicts it with each trainer through
+`nnUNetv2_predict --disable_tta`, and prints wall seconds and the peak resident memory of the largest
+process. Writes large_predict.json in the work folder.
+"""
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from cosam_nn.demo import Pipeline
+from cosam_nn.synthetic import make_case
+
+
+def write_volume(folder, shape):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "large_0000.nii.gz")
+    if not os.path.exists(path):
+        img, _ = make_case(tuple(shape), (1.25, 0.7, 0.7), np.random.default_rng(2026))
+        image = sitk.GetImageFromArray(img)
+        image.SetSpacing((0.7, 0.7, 1.25))
+        tmp = os.path.join(os.path.dirname(folder), ".large_partial.nii.gz")  # outside the input folder
+        sitk.WriteImage(image, tmp)
+        os.replace(tmp, path)
+    return folder
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="bench_work/compare", help="bench/compare.py's work folder")
+    p.add_argument("-tr", nargs="+", default=["CoSAMTrainerSmall", "nnUNetTrainerBudget"], dest="trainers")
+    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    a = p.parse_args()
+    pipe = Pipeline(a.work, log=lambda *_: None)
+    images = write_volume(os.path.join(pipe.work, "large_" + "x".join(map(str, a.shape))), a.shape)
+    rows = {}
+    for trainer in a.trainers:
+        out = os.path.join(pipe.work, f"large_pred_{trainer}")
+        seconds = pipe.predict(trainer, out, images=images)
+        rows[trainer] = {"seconds": seconds, "peak_mib": pipe.last_peak_mib}
+        print(f"{trainer}: {seconds:.0f} s, peak {pipe.last_peak_mib:.0f} MiB", flush=True)
+    header = (f"{time.strftime('%Y-%m-%d')}, {platform.node()} ({os.cpu_count()} CPUs): one synthetic "
+              f"{' x '.join(map(str, a.shape))} volume, nnUNetv2_predict --disable_tta, fold 0 of {a.work}")
+    with open(os.path.join(pipe.work, "large_predict.json"), "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=2)
+    print(header)
+
+
+if __name__ == "__main__":
+    main()
