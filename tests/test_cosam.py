@@ -52,7 +52,7 @@ def test_kept_boxes_give_bounded_logits_of_the_window_shape():
 
 def test_a_detections_probability_is_capped_at_its_score():
     from cosam_nn.modeling.cosam import MIN_FG_LOGIT, score_logit_cap
-    scores = torch.tensor([0.5, 0.6, 0.9, 1.0])
+    scores = torch.tensor([0.5, 0.7, 0.9, 1.0])
     probs = score_logit_cap(scores).sigmoid()
     torch.testing.assert_close(probs[1:3], scores[1:3], atol=1e-5, rtol=0)
     assert probs[0] == torch.sigmoid(torch.tensor(MIN_FG_LOGIT)) and probs[3] < 1
