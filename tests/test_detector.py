@@ -92,3 +92,26 @@ def test_dense_targets_mark_the_cells_inside_each_slices_box():
     expected[1:3, 2:4, 2:4] = 1
     assert torch.equal(target, expected)
     assert torch.equal(dense_targets(anchors, node_boxes(torch.zeros(5, 32, 32))), torch.zeros(5, 8, 8))
+
+
+def test_cpu_inference_encodes_each_slice_once_and_forgets_on_new_weights():
+    torch.manual_seed(0)
+    det = SequenceDetector(CoSAMConfig.small(window=5).detector).eval()
+    volume = torch.randn(1, 1, 9, 32, 32)
+    with torch.no_grad():
+        first = det(volume[:, :, 0:5])
+        shifted = det(volume[:, :, 2:7])  # slices 2-4 seen before
+        cache = det._slice_cache
+        assert (cache.misses, cache.hits) == (7, 3)
+        det.train(False)  # eval() again: a fresh cache, same results
+        again = det(volume[:, :, 2:7])
+    torch.testing.assert_close(again["scores"], shifted["scores"])
+    torch.testing.assert_close(again["boxes"], shifted["boxes"])
+    det.load_state_dict({k: v + 0.01 if v.is_floating_point() else v for k, v in det.state_dict().items()})
+    with torch.no_grad():
+        changed = det(volume[:, :, 0:5])
+    assert det._slice_cache.hits == 0
+    assert not torch.allclose(changed["scores"], first["scores"])
+    det.train()
+    out = det(volume[:, :, 0:5], [node_boxes(torch.zeros(5, 32, 32))])
+    assert det._slice_cache is None and out["losses"]

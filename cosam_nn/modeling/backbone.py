@@ -1,4 +1,7 @@
-"""The 2D backbone shared by all slices of a window."""
+"""The 2D backbone shared by all slices of a window, and a cache of its per-slice features."""
+import hashlib
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -39,9 +42,57 @@ class SliceBackbone(nn.Module):
         return self.out(top)
 
 
-def run_per_slice(backbone, window):
-    """(B, 1, L, H, W) -> (B, L, C, H/4, W/4), the backbone applied to every slice once."""
+class SliceFeatureCache:
+    """Backbone features of recently seen slices, keyed by the slice's bytes (inference on the CPU).
+
+    nnU-Net's sliding window moves a window of L slices by about L/2, so without a cache every
+    slice is encoded about twice. Keys are content hashes (nnU-Net hands the network copies, so
+    positions are not known): equal bytes, equal features. Least recently used entries go first
+    once the cache holds more than `max_mib`.
+    """
+
+    def __init__(self, max_mib=256):
+        self.max_bytes = int(max_mib * 2 ** 20)
+        self.entries = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(slice_):
+        data = slice_.detach().contiguous().numpy()
+        return (tuple(data.shape), str(data.dtype), hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+
+    def features(self, backbone, slices):
+        """(N, 1, H, W) slices -> (N, C, H/4, W/4), running the backbone only on slices not cached."""
+        keys = [self.key(s) for s in slices]
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = backbone(slices[missing])
+            for i, feat in zip(missing, computed):
+                self._put(keys[i], feat)
+        out = torch.stack([self.entries[k] for k in keys])
+        for k in keys:
+            self.entries.move_to_end(k)
+        return out
+
+    def _put(self, key, feat):
+        if key in self.entries:
+            return
+        self.entries[key] = feat.clone()
+        self.bytes += feat.numel() * feat.element_size()
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
+def run_per_slice(backbone, window, cache=None):
+    """(B, 1, L, H, W) -> (B, L, C, H/4, W/4), the backbone applied to every slice once.
+
+    With a `SliceFeatureCache` (inference only), slices seen before are not encoded again.
+    """
     b, _, length, h, w = window.shape
     slices = window.permute(0, 2, 1, 3, 4).reshape(b * length, 1, h, w)
-    feats = backbone(slices)
+    feats = cache.features(backbone, slices) if cache is not None else backbone(slices)
     return feats.view(b, length, *feats.shape[1:])

@@ -17,6 +17,7 @@ class DetectorConfig:
     test_proposals: int = 100
     proposal_nms_iou: float = 0.7
     positive_iou: float = 0.4            # stage 2: proposal <-> node match (tiny boxes: 1 px moves IoU a lot)
+    feature_cache_mib: int = 256         # CPU inference: backbone features of recent slices (0: off)
 
     def __post_init__(self):
         if not (isinstance(self.window, int) and self.window % 2 == 1 and 5 <= self.window <= 15):

@@ -15,8 +15,10 @@ Matching: stage 1 assigns a grid location to the smallest node whose union box (
 has its centre region around that location (within max(stride, 0.3 x size) of the centre);
 stage 2 assigns a proposal to the node of highest union-box IoU if that IoU >= positive_iou, and
 the true tubes are added to the proposals in training. Losses: sigmoid focal loss for the dense
-objectness, BCE (calibrated, so that scores can be thresholded) for the proposal class and per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on
-the slices where the node is present.
+objectness, BCE (calibrated, so that scores can be thresholded) for the proposal class and
+per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on the slices where the
+node is present, and an auxiliary per-slice focal loss on each slice's features (cells inside a
+node's box; Retina U-Net's idea) that gives the backbone dense supervision.
 """
 from dataclasses import dataclass
 
@@ -25,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
 
-from cosam_nn.modeling.backbone import SliceBackbone, run_per_slice
+from cosam_nn.modeling.backbone import SliceBackbone, SliceFeatureCache, run_per_slice
 from cosam_nn.modeling.config import DetectorConfig
 from cosam_nn.node_geometry import union_boxes
 
@@ -133,6 +135,23 @@ class SequenceDetector(nn.Module):
         self.class_head = nn.Linear(d, 1)
         nn.init.zeros_(self.box_head.weight)
         nn.init.zeros_(self.box_head.bias)
+
+    def train(self, mode=True):
+        self._slice_cache = None  # features of other weights must never be reused
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._slice_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _cache_for(self, window, targets):
+        """The slice feature cache, in CPU inference only (on a GPU hashing costs a copy to the host)."""
+        if targets is not None or self.training or torch.is_grad_enabled() or window.device.type != "cpu" \
+                or not self.cfg.feature_cache_mib:
+            return None
+        if getattr(self, "_slice_cache", None) is None:
+            self._slice_cache = SliceFeatureCache(self.cfg.feature_cache_mib)
+        return self._slice_cache
 
     # ---- stage 1 ------------------------------------------------------------------------------
     def _anchors(self, h, w, image_hw, device):
@@ -294,7 +313,7 @@ class SequenceDetector(nn.Module):
         b, _, length, h, w = window.shape
         if length != self.cfg.window:
             raise ValueError(f"window of {length} slices given to a detector built for {self.cfg.window}")
-        feats = run_per_slice(self.backbone, window)
+        feats = run_per_slice(self.backbone, window, self._cache_for(window, targets))
         objectness, deltas, presence = self.proposal_head(feats)
         anchors = self._anchors(feats.shape[-2], feats.shape[-1], (h, w), window.device)
         keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
