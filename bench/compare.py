@@ -5,7 +5,7 @@
 One run: generate (fixed seed) -> convert -> plan once; for each trainer train the same number of
 iterations (wall time and peak memory recorded), predict the held-out test cases, evaluate with
 cosam_evaluate; then one table (JSON and Markdown, in the work folder and printed) with the ratios
-of each row to nnU-Net's. --quick: about 5 minutes (3 test cases); the default: about 40 minutes on 2 CPU cores (10 test
+of each row to nnU-Net's 3D network. --quick: about 6 minutes (3 test cases); the default: about 50 minutes on 2 CPU cores (10 test
 cases, 320 iterations per trainer; nnU-Net's 3D network takes most of it at about 5 s per iteration).
 """
 import argparse
@@ -18,7 +18,8 @@ import time
 from cosam_nn.demo import Pipeline
 from cosam_nn.evaluation import evaluate_folders
 
-TRAINERS = ("nnUNetTrainerBudget", "CoSAMTrainerSmall", "CoSAMTrainerSmall_noCCM", "USAMTrainerSmall")
+BASELINE = "nnUNetTrainerBudget 3d_fullres"
+ROWS = (BASELINE, "nnUNetTrainerBudget 2d", "CoSAMTrainerSmall", "CoSAMTrainerSmall_noCCM", "USAMTrainerSmall")
 SETTINGS = {  # cases (about 20% held out), shape, epochs, iterations per epoch
     "quick": dict(cases=16, shape=(32, 96, 96), epochs=2, iters=10),
     "full": dict(cases=48, shape=(32, 96, 96), epochs=8, iters=40),
@@ -29,18 +30,25 @@ COLUMNS = (("dice", "Dice"), ("iou", "IoU"), ("pooled_dice", "pooled slice Dice"
            ("train_peak_mib", "train peak MiB"), ("predict_peak_mib", "predict peak MiB"))
 
 
-def _epoch_seconds(results_folder, trainer):
+def _epoch_seconds(results_folder, trainer, configuration):
     """Sum of nnU-Net's 'Epoch time' lines of fold 0 (training iterations and validation of each epoch)."""
-    fold = os.path.join(results_folder, trainer + "__nnUNetPlans__3d_fullres", "fold_0")
+    fold = os.path.join(results_folder, f"{trainer}__nnUNetPlans__{configuration}", "fold_0")
     text = "".join(open(os.path.join(fold, f)).read() for f in os.listdir(fold) if f.startswith("training_log"))
     return sum(float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", text))
 
 
-def run_trainer(pipe, trainer, epochs, iters):
-    pipe.train(trainer, epochs, iters, val_iters=1)
+def parse_row(row):
+    """'TRAINER [CONFIGURATION]' -> (trainer, configuration); CoSAM trainers need 3d_fullres."""
+    trainer, _, configuration = row.partition(" ")
+    return trainer, configuration or "3d_fullres"
+
+
+def run_trainer(pipe, row, epochs, iters):
+    trainer, configuration = parse_row(row)
+    pipe.train(trainer, epochs, iters, val_iters=1, configuration=configuration)
     train_peak = pipe.last_peak_mib
-    pred = os.path.join(pipe.work, "pred_" + trainer)
-    seconds = pipe.predict(trainer, pred, probabilities=True)
+    pred = os.path.join(pipe.work, f"pred_{trainer}_{configuration}")
+    seconds = pipe.predict(trainer, pred, probabilities=True, configuration=configuration)
     predict_peak = pipe.last_peak_mib
     summary, _ = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, use_probs=True, log=lambda *_: None)
     n_test = summary["cases"]
@@ -48,7 +56,7 @@ def run_trainer(pipe, trainer, epochs, iters):
     return {"dice": summary["dice_mean"], "iou": summary["iou_mean"], "pooled_dice": summary["pooled_slice_dice"],
             "ap10": summary["ap"]["0.1"], "ap50_2d": summary["ap50_2d_per_slice"], "froc": summary["froc_score"],
             "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
-            "s_per_iter": _epoch_seconds(results, trainer) / (epochs * iters),
+            "s_per_iter": _epoch_seconds(results, trainer, configuration) / (epochs * iters),
             "s_per_case": seconds / n_test, "train_peak_mib": train_peak, "predict_peak_mib": predict_peak}
 
 
@@ -57,12 +65,12 @@ def _fmt(v):
 
 
 def markdown(rows, header):
-    base = rows.get("nnUNetTrainerBudget", {})
+    base = rows.get(BASELINE, {})
     lines = [header, "", "| trainer | " + " | ".join(name for _, name in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     for trainer, row in rows.items():
         lines.append(f"| {trainer} | " + " | ".join(_fmt(row[k]) for k, _ in COLUMNS) + " |")
-        if trainer != "nnUNetTrainerBudget" and base:
+        if trainer != BASELINE and base:
             ratio = [(row[k] / base[k]) if row[k] is not None and base.get(k) else None for k, _ in COLUMNS]
             lines.append(f"| ratio to nnU-Net | " + " | ".join(_fmt(r) for r in ratio) + " |")
     return "\n".join(lines)
@@ -72,11 +80,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few minutes instead of about an hour")
     p.add_argument("--work", default="bench_work/compare")
-    p.add_argument("-tr", nargs="+", default=list(TRAINERS), dest="trainers")
+    p.add_argument("-tr", nargs="+", default=list(ROWS), dest="trainers",
+                   help="rows as 'TRAINER [CONFIGURATION]' (default: all; configuration 3d_fullres unless given)")
     a = p.parse_args()
     cfg = SETTINGS["quick" if a.quick else "full"]
     pipe = Pipeline(a.work, log=lambda *_: None)
-    pipe.prepare(cfg["cases"], cfg["shape"], seed=2026)
+    configurations = sorted({parse_row(r)[1] for r in a.trainers})
+    pipe.prepare(cfg["cases"], cfg["shape"], seed=2026, configurations=configurations)
     rows = {}
     for trainer in a.trainers:
         print(f"[{len(rows) + 1}/{len(a.trainers)}] {trainer} ...", flush=True)
@@ -84,7 +94,8 @@ def main():
     n_test = len(os.listdir(os.path.join(pipe.raw, "labelsTs")))
     header = (f"{'quick' if a.quick else 'full'} benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()} "
               f"({os.cpu_count()} CPUs): {cfg['cases']} synthetic cases {cfg['shape']} (seed 2026), "
-              f"{n_test} held out; every trainer {cfg['epochs']} x {cfg['iters']} iterations, 3d_fullres plans, "
+              f"{n_test} held out; every row {cfg['epochs']} x {cfg['iters']} iterations of its trainer and nnU-Net "
+              f"configuration (3d_fullres unless named), "
               f"prediction without TTA")
     table = markdown(rows, header)
     with open(os.path.join(pipe.work, "compare.json"), "w") as f:

@@ -49,7 +49,7 @@ class Pipeline:
         self.log(f"--- {title}: {seconds:.0f} s")
         return seconds
 
-    def prepare(self, cases, shape, seed=0):
+    def prepare(self, cases, shape, seed=0, configurations=("3d_fullres",)):
         if os.path.exists(self.work):
             shutil.rmtree(self.work)
         os.makedirs(self.work)
@@ -57,18 +57,18 @@ class Pipeline:
         self.run("synthetic Meply-like CT", ["cosam_make_synthetic", syn, "--cases", str(cases), "--seed", str(seed),
                                              "--shape", *map(str, shape)])
         self.run("convert to nnU-Net raw", ["cosam_convert_meply", syn, "-d", self.did])
-        self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", "3d_fullres",
+        self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", *configurations,
                                          "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"])
 
-    def train(self, trainer, epochs, iters, val_iters=2, fold=0):
+    def train(self, trainer, epochs, iters, val_iters=2, fold=0, configuration="3d_fullres"):
         env = dict(self.env, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"),
                    COSAM_EPOCHS=str(epochs), COSAM_ITERS=str(iters), COSAM_VAL_ITERS=str(val_iters))
         return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations)",
-                        ["nnUNetv2_train", self.did, "3d_fullres", str(fold), "-tr", trainer, "-device", "cpu"], env)
+                        ["nnUNetv2_train", self.did, configuration, str(fold), "-tr", trainer, "-device", "cpu"], env)
 
-    def predict(self, trainer, out, tta=False, fold=0, probabilities=False, images=None):
+    def predict(self, trainer, out, tta=False, fold=0, probabilities=False, images=None, configuration="3d_fullres"):
         args = ["nnUNetv2_predict", "-i", images or os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
-                "-c", "3d_fullres", "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
+                "-c", configuration, "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
         args += ([] if tta else ["--disable_tta"]) + (["--save_probabilities"] if probabilities else [])
         return self.run(f"predict {'the test cases' if images is None else images} with {trainer}", args)
 
