@@ -132,3 +132,22 @@ def test_usam_baseline_segments_whole_slices():
         logits = net(torch.randn(2, 1, 5, 40, 56))
     assert logits.shape == (2, 2, 5, 40, 56) and logits.abs().max() <= 12
     assert np.isfinite(logits.numpy()).all()
+
+
+def test_augmentation_is_flips_and_intensity_only():
+    import itertools
+    torch.manual_seed(0)
+    transforms = CoSAMTrainer.get_training_transforms([9, 32, 32], None, None, (0, 1, 2), True)
+    seg = torch.zeros(1, 9, 32, 32, dtype=torch.int16)
+    seg[0, 1:4, 3:9, 20:30] = 1
+    image = torch.randn(1, 9, 32, 32)
+    flips = [axes for n in range(4) for axes in itertools.combinations((1, 2, 3), n)]
+    seen = set()
+    for _ in range(30):
+        out = transforms(image=image.clone(), segmentation=seg.clone())
+        match = [axes for axes in flips if torch.equal(out["segmentation"], torch.flip(seg, axes) if axes else seg)]
+        assert match, "the label was moved by something other than a flip"
+        seen.add(match[0])
+    assert len(seen) > 1  # flips do happen
+    with pytest.raises(ValueError, match="cascades"):
+        CoSAMTrainer.get_training_transforms([9, 32, 32], None, None, (0, 1, 2), True, is_cascaded=True)

@@ -5,7 +5,8 @@ prediction; this trainer changes the patch to a window of L slices (in-plane siz
 builds CoSAM from the class settings alone (so `nnUNetv2_predict` rebuilds it exactly), derives the
 box targets inside the training step from the augmented label, and runs the paper's schedule as
 phases of one run: "pretrain" (detector and U-SAM trained separately) for `pretrain_fraction` of
-the epochs, then "joint" (end to end with the CCM).
+the epochs, then "joint" (end to end with the CCM). Augmentation is the paper's (nnU-Net's random
+crop, flips, contrast and brightness), not nnU-Net's full set.
 
 Settings are class attributes; every variant in CoSAMTrainer_variants.py changes one of them.
 Modules of this folder are imported by nnU-Net under their own names: absolute imports only.
