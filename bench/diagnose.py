@@ -29,6 +29,8 @@ THRESHOLDS = (0.1, 0.25, 0.5)
 def load_model(fold_folder, trainer_name):
     trainer = recursive_find_python_class(trainer_dir(), trainer_name, "cosam_nn.trainers")
     model = CoSAM(trainer.cosam_config())
+    # nnU-Net's checkpoints carry numpy training logs, which weights_only=True refuses; nnU-Net loads
+    # them this way too. Only point this at checkpoints you trained yourself.
     ckpt = torch.load(os.path.join(fold_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["network_weights"])
     return model.eval()
