@@ -6,7 +6,7 @@
 Uses the models that `bench/compare.py` trained in its work folder (fold 0, 3d_fullres). Writes one
 synthetic volume of --shape (1.25 x 0.7 x 0.7 mm, fixed seed), predicts it with each trainer through
 `nnUNetv2_predict --disable_tta`, and prints wall seconds and the peak resident memory of the largest
-process. Writes large_predict.json in the work folder.
+process. Writes large_predict_ZxYxX.json in the work folder.
 """
 import argparse
 import json
@@ -50,7 +50,7 @@ def main():
         print(f"{trainer}: {seconds:.0f} s, peak {pipe.last_peak_mib:.0f} MiB", flush=True)
     header = (f"{time.strftime('%Y-%m-%d')}, {platform.node()} ({os.cpu_count()} CPUs): one synthetic "
               f"{' x '.join(map(str, a.shape))} volume, nnUNetv2_predict --disable_tta, fold 0 of {a.work}")
-    with open(os.path.join(pipe.work, "large_predict.json"), "w") as f:
+    with open(os.path.join(pipe.work, f"large_predict_{'x'.join(map(str, a.shape))}.json"), "w") as f:
         json.dump({"header": header, "rows": rows}, f, indent=2)
     print(header)
 
