@@ -18,6 +18,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from torchvision.ops import box_iou
 
+from cosam_nn.crops import crop_slices
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.node_geometry import node_boxes_and_instances, union_boxes
@@ -87,9 +88,8 @@ def window_stats(model, window, labels):
         row["ccm"] = float(ccm[match].max()) if ccm is not None and match.any() else None
         kiou = box_iou(union_boxes(kept.boxes, kept.present), t_union[n:n + 1])[:, 0] if len(kept.scores) else torch.zeros(0)
         row["final_score"] = float(kept.scores[kiou >= 0.3].max()) if (kiou >= 0.3).any() else 0.0
-        s = torch.tensor([centre])
-        m, _, _, _ = model.segment_boxes(window, s, boxes.boxes[n, centre:centre + 1])
-        row["usam_true_box_dice"] = _crop_dice(model, window, labels, inst, n, centre, m)
+        masks, _, _, regions = model.segment_boxes(window, torch.tensor([centre]), boxes.boxes[n, centre:centre + 1])
+        row["usam_true_box_dice"] = _crop_dice(inst[centre] == n + 1, regions, masks)
         out["nodes"].append(row)
     unmatched = valid & ~matched_any
     for t in THRESHOLDS:
@@ -99,12 +99,10 @@ def window_stats(model, window, labels):
     return out
 
 
-def _crop_dice(model, window, labels, inst, n, s, mask_logits):
-    from cosam_nn.crops import crop_regions, crop_slices
-    box = node_boxes_and_instances(labels)[0].boxes[n, s:s + 1]
-    region = crop_regions(box, model.cfg.crop_size)
+def _crop_dice(node_mask, regions, mask_logits):
+    """Dice of U-SAM's mask (1, 1, S, S) against the node's (H, W) mask cropped to the same region."""
     size = mask_logits.shape[-1]
-    target = crop_slices(torch.from_numpy(inst[s] == n + 1).float()[None, None], torch.tensor([0]), region, size) > 0.5
+    target = crop_slices(torch.from_numpy(node_mask).float()[None, None], torch.tensor([0]), regions, size) > 0.5
     pred = mask_logits[0, 0] > 0
     t = target[0, 0]
     total = int(pred.sum() + t.sum())

@@ -153,9 +153,10 @@ class CoSAMTrainer(nnUNetTrainer):
     def get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
                                 foreground_labels=None, regions=None, ignore_label=None):
-        """Flips and contrast/brightness only. nnU-Net's default set (rotation, scaling, noise, blur,
-        gamma, simulated low resolution) slowed the detector so much that 320 CPU iterations often
-        ended with no node found at all; the paper trains CoSAM with crop, flip and contrast."""
+        """Flips and contrast/brightness only, as the paper trains CoSAM (crop, flip, contrast), in place
+        of nnU-Net's rotation, scaling, noise, blur, gamma and simulated low resolution. Adopted
+        together with the detector's dense loss, when the small detector often found no node after
+        320 CPU iterations; the augmentation's own share of that fix was not measured."""
         if is_cascaded or regions is not None:
             raise ValueError("CoSAM trainers support neither cascades nor region-based labels")
         return ComposeTransforms([

@@ -53,10 +53,14 @@ def decode_boxes(reference, deltas):
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def anchor_centres(anchors):
+    """(cx, cy), each (h, w), of the grid cells' anchors (h, w, 4)."""
+    return (anchors[..., 0] + anchors[..., 2]) / 2, (anchors[..., 1] + anchors[..., 3]) / 2
+
+
 def dense_targets(anchors, target):
     """(L, h, w) float: 1 where a grid cell's centre lies inside a node's box on that slice."""
-    cx = (anchors[..., 0] + anchors[..., 2]) / 2
-    cy = (anchors[..., 1] + anchors[..., 3]) / 2
+    cx, cy = anchor_centres(anchors)
     boxes = target.boxes.to(anchors.device).transpose(0, 1)[:, None, None]  # (L, 1, 1, N, 4)
     inside = ((cx[None, ..., None] >= boxes[..., 0]) & (cx[None, ..., None] < boxes[..., 2])
               & (cy[None, ..., None] >= boxes[..., 1]) & (cy[None, ..., None] < boxes[..., 3])
@@ -135,6 +139,7 @@ class SequenceDetector(nn.Module):
         self.class_head = nn.Linear(d, 1)
         nn.init.zeros_(self.box_head.weight)
         nn.init.zeros_(self.box_head.bias)
+        self._slice_cache = None  # CPU inference only, see _cache_for
 
     def train(self, mode=True):
         self._slice_cache = None  # features of other weights must never be reused
@@ -149,7 +154,7 @@ class SequenceDetector(nn.Module):
         if targets is not None or self.training or torch.is_grad_enabled() or window.device.type != "cpu" \
                 or not self.cfg.feature_cache_mib:
             return None
-        if getattr(self, "_slice_cache", None) is None:
+        if self._slice_cache is None:
             self._slice_cache = SliceFeatureCache(self.cfg.feature_cache_mib)
         return self._slice_cache
 
@@ -168,8 +173,7 @@ class SequenceDetector(nn.Module):
         if len(target) == 0:
             return torch.full((h, w), -1, dtype=torch.long, device=anchors.device)
         union = union_boxes(target.boxes, target.present).to(anchors.device)
-        cx = (anchors[..., 0] + anchors[..., 2]) / 2
-        cy = (anchors[..., 1] + anchors[..., 3]) / 2
+        cx, cy = anchor_centres(anchors)
         ux, uy = (union[:, 0] + union[:, 2]) / 2, (union[:, 1] + union[:, 3]) / 2
         uw, uh = union[:, 2] - union[:, 0], union[:, 3] - union[:, 1]
         rx = torch.clamp(0.3 * uw, min=self.cfg.stride)
