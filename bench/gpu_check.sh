@@ -31,11 +31,22 @@ nnUNetv2_plan_and_preprocess -d 501 -c 3d_fullres -np 8 -npfp 8 --no_pbar > "$OU
 step "train CoSAMTrainer (paper size, AMP): 2 epochs x 20 iterations, pretrain then joint"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu_mem_train.csv" &
 MON=$!
-COSAM_EPOCHS=2 COSAM_ITERS=20 COSAM_VAL_ITERS=2 timeout 300 nnUNetv2_train 501 3d_fullres 0 -tr CoSAMTrainer \
-  > "$OUT/train.log" 2>&1; echo "train exit $?"
+# under cProfile: the main process's share of each step (data wait, train_step, checkpoint writes)
+COSAM_EPOCHS=2 COSAM_ITERS=20 COSAM_VAL_ITERS=2 timeout 300 python3 -m cProfile -o "$OUT/train.prof" \
+  "$(command -v nnUNetv2_train)" 501 3d_fullres 0 -tr CoSAMTrainer > "$OUT/train.log" 2>&1; echo "train exit $?"
 kill $MON
 grep -E "phase:|Epoch time|train_loss|Mean Validation|Error|error" "$OUT/train.log" | tail -20
 echo "peak GPU memory in training: $(sort -n "$OUT/gpu_mem_train.csv" | tail -1) MiB"
+python3 - "$OUT/train.prof" <<'PY'
+import pstats, sys
+stats = pstats.Stats(sys.argv[1]).stats
+wanted = ("train_step", "validation_step", "training_losses", "window_targets", "__next__", "save_checkpoint",
+          "on_epoch_end", "on_validation_epoch_end", "backward", "step", "_chosen_proposals", "_proposal_prompts",
+          "segment_boxes", "_dense_loss", "perform_actual_validation")
+rows = [(fn, v[1], v[3]) for (f, _, fn), v in stats.items() if fn in wanted and v[3] > 0.5]
+for fn, calls, cum in sorted(rows, key=lambda r: -r[2])[:20]:
+    print(f"{fn:30s} calls {calls:5d}  cumulative {cum:8.1f} s  per call {cum / calls:7.3f} s")
+PY
 
 step "predict one full-size volume (300 x 512 x 512), no TTA"
 cosam_make_synthetic "$W/big" --cases 1 --seed 1 --shape 300 512 512 > /dev/null

@@ -151,3 +151,14 @@ def test_augmentation_is_flips_and_intensity_only():
     assert len(seen) > 1  # flips do happen
     with pytest.raises(ValueError, match="cascades"):
         CoSAMTrainer.get_training_transforms([9, 32, 32], None, None, (0, 1, 2), True, is_cascaded=True)
+
+
+def test_training_turns_cudnn_autotuning_off(monkeypatch):
+    """nnU-Net sets cudnn.benchmark before training; U-SAM's changing batch makes that re-tune every step."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    started = []
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: started.append(True))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    CoSAMTrainer.on_train_start(object.__new__(CoSAMTrainer))
+    assert torch.backends.cudnn.benchmark is False
+    assert started == [True]  # nnU-Net's own start still runs

@@ -169,6 +169,12 @@ class CoSAMTrainer(nnUNetTrainer):
             RemoveLabelTansform(-1, 0)])
 
     # ---- training -------------------------------------------------------------------------------
+    def on_train_start(self):
+        """cuDNN autotuning off: U-SAM's batch (the number of box prompts) changes every step, so
+        nnU-Net's `cudnn.benchmark = True` re-tunes on each new size instead of paying once."""
+        torch.backends.cudnn.benchmark = False
+        super().on_train_start()
+
     def on_train_epoch_start(self):
         phase = phase_for_epoch(self.current_epoch, self.num_epochs, self.pretrain_fraction)
         super().on_train_epoch_start()
