@@ -1,11 +1,13 @@
 """CoSAM against nnU-Net's own network at the same training budget, on a fixed synthetic benchmark.
 
-    python bench/compare.py [--quick] [--work bench_work/compare]
+    python bench/compare.py [--quick] [--work bench_work/compare] [-tr ROW ...] [--keep]
 
 One run: generate (fixed seed) -> convert -> plan once; for each trainer train the same number of
 iterations (wall time and peak memory recorded), predict the held-out test cases, evaluate with
 cosam_evaluate; then one table (JSON and Markdown, in the work folder and printed) with the ratios
-of each row to nnU-Net's 3D network. --quick: about 6 minutes (3 test cases); the default: about 50 minutes on 2 CPU cores (10 test
+of each row to nnU-Net's 3D network. compare.json is rewritten after every row; with --keep, the rows
+of an earlier run of the same settings in the same work folder that -tr does not list stay in the
+table (each row records its own date), so one row can be rerun without the hour of the others. --quick: about 6 minutes (3 test cases); the default: about 50 minutes on 2 CPU cores (10 test
 cases, 320 iterations per trainer; nnU-Net's 3D network takes most of it at about 5 s per iteration).
 """
 import argparse
@@ -76,33 +78,58 @@ def markdown(rows, header):
     return "\n".join(lines)
 
 
+def _earlier_rows(path, settings):
+    """Rows of an earlier compare.json in the work folder made with the same settings, else {}."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    return earlier.get("rows", {}) if earlier.get("settings") == settings else {}
+
+
+def _write(work, header, settings, rows):
+    """compare.json and compare.md (rows in ROWS order), each through a temporary file."""
+    rows = {r: rows[r] for r in sorted(rows, key=lambda r: ROWS.index(r) if r in ROWS else len(ROWS))}
+    for name, text in (("compare.json", json.dumps({"header": header, "settings": settings, "rows": rows}, indent=2)),
+                       ("compare.md", markdown(rows, header) + "\n")):
+        tmp = os.path.join(work, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(work, name))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few minutes instead of about an hour")
     p.add_argument("--work", default="bench_work/compare")
     p.add_argument("-tr", nargs="+", default=list(ROWS), dest="trainers",
                    help="rows as 'TRAINER [CONFIGURATION]' (default: all; configuration 3d_fullres unless given)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the rows of an earlier run of the same settings in --work that -tr does not list")
     a = p.parse_args()
-    cfg = SETTINGS["quick" if a.quick else "full"]
+    mode = "quick" if a.quick else "full"
+    cfg = SETTINGS[mode]
+    settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), seed=2026)
     pipe = Pipeline(a.work, log=lambda *_: None)
     configurations = sorted({parse_row(r)[1] for r in a.trainers})
-    pipe.prepare(cfg["cases"], cfg["shape"], seed=2026, configurations=configurations)
-    rows = {}
-    for trainer in a.trainers:
-        print(f"[{len(rows) + 1}/{len(a.trainers)}] {trainer} ...", flush=True)
-        rows[trainer] = run_trainer(pipe, trainer, cfg["epochs"], cfg["iters"])
+    earlier = _earlier_rows(os.path.join(pipe.work, "compare.json"), settings) if a.keep else {}
+    planned = all(os.path.isdir(os.path.join(pipe.env["nnUNet_preprocessed"], os.path.basename(pipe.raw), f"nnUNetPlans_{c}"))
+                  for c in configurations)
+    if not (earlier and planned):  # prepare() starts the work folder afresh: earlier models and rows go
+        earlier = {}
+        pipe.prepare(cfg["cases"], cfg["shape"], seed=2026, configurations=configurations)
     n_test = len(os.listdir(os.path.join(pipe.raw, "labelsTs")))
-    header = (f"{'quick' if a.quick else 'full'} benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()} "
-              f"({os.cpu_count()} CPUs): {cfg['cases']} synthetic cases {cfg['shape']} (seed 2026), "
-              f"{n_test} held out; every row {cfg['epochs']} x {cfg['iters']} iterations of its trainer and nnU-Net "
-              f"configuration (3d_fullres unless named), "
-              f"prediction without TTA")
-    table = markdown(rows, header)
-    with open(os.path.join(pipe.work, "compare.json"), "w") as f:
-        json.dump({"header": header, "rows": rows}, f, indent=2)
-    with open(os.path.join(pipe.work, "compare.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    header = (f"{mode} benchmark, {platform.node()} ({os.cpu_count()} CPUs): {cfg['cases']} synthetic cases "
+              f"{cfg['shape']} (seed 2026), {n_test} held out; every row {cfg['epochs']} x {cfg['iters']} iterations "
+              f"of its trainer and nnU-Net configuration (3d_fullres unless named), prediction without TTA; "
+              f"rows run on {{dates}}")
+    rows = {r: v for r, v in earlier.items() if r not in a.trainers}
+    for i, trainer in enumerate(a.trainers):
+        print(f"[{i + 1}/{len(a.trainers)}] {trainer} ...", flush=True)
+        rows[trainer] = dict(run_trainer(pipe, trainer, cfg["epochs"], cfg["iters"]), date=time.strftime("%Y-%m-%d %H:%M"))
+        dates = ", ".join(sorted({v.get("date", "?")[:10] for v in rows.values()}))
+        _write(pipe.work, header.format(dates=dates), settings, rows)
+    print(open(os.path.join(pipe.work, "compare.md")).read())
 
 
 if __name__ == "__main__":

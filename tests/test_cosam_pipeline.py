@@ -1,10 +1,13 @@
 """CoSAM through nnU-Net's commands: train (with resume), predict with and without TTA, probabilities."""
 import glob
 import os
+import re
 import shutil
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import make_planned_dataset, run_cli
 from cosam_nn.trainer_dir import trainer_dir
@@ -43,6 +46,12 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     log = _log(fold)
     assert "Epoch 1" in log and "Epoch 0" not in log and "phase: joint" in log
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    # the score threshold picked on the validation cases is the one saved with the weights
+    picked = re.search(r"score threshold ([0-9.]+), picked on (\d+) validation cases", log)
+    assert picked and int(picked.group(2)) >= 1
+    # our own checkpoint, just written; nnU-Net's format holds numpy objects, so not weights_only
+    weights = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)["network_weights"]
+    assert float(weights["score_threshold"]) == pytest.approx(float(picked.group(1)))
 
     images_ts = os.path.join(nnunet_env["nnUNet_raw"], "Dataset512_Meply", "imagesTs")
     # a volume with fewer slices than the window (9)

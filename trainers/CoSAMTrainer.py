@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
 from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
@@ -27,6 +28,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
 from cosam_nn.budget import apply_budget
+from cosam_nn.calibration import calibrate
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
@@ -74,6 +76,8 @@ class CoSAMTrainer(nnUNetTrainer):
     pretrain_fraction = 0.5              # paper: 100 epochs separate, then 100 end to end
     max_inplane = 256
     learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
+    calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
+    calibration_cases = 20               # validation cases the score threshold is picked on
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -183,6 +187,37 @@ class CoSAMTrainer(nnUNetTrainer):
                                    f"pretrain fraction {self.pretrain_fraction})")
         self.phase = phase
         self._iteration = 0
+
+    def on_train_end(self):
+        self.calibrate_score_threshold()
+        super().on_train_end()  # saves checkpoint_final.pth, threshold included
+
+    def calibrate_score_threshold(self):
+        """Pick the final-score threshold on up to `calibration_cases` of the fold's validation cases
+        (cosam_nn.calibration); it is a buffer of the network, saved with its weights. Rank 0 picks
+        it, the other ranks receive it. checkpoint_best.pth keeps the configured threshold."""
+        if not self.calibration_thresholds:
+            return
+        model = self.network.module if self.is_ddp else self.network
+        if self.local_rank == 0:
+            keys = self.do_split()[1][: self.calibration_cases]
+            dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
+                                         folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+            model.eval()
+            with self._autocast():
+                best, dice = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
+                                       self.configuration_manager.patch_size, self.calibration_thresholds)
+            model.score_threshold.fill_(best)
+            table = ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items())
+            self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
+                                   f"(mean Dice by threshold: {table})")
+        if self.is_ddp:
+            dist.broadcast(model.score_threshold, 0)
+
+    def _calibration_case(self, dataset, key):
+        data, seg, _, _ = dataset.load_case(key)
+        image = torch.from_numpy(np.ascontiguousarray(data[:], dtype=np.float32)).to(self.device)
+        return image, torch.from_numpy(np.asarray(seg[0][:]) > 0).to(self.device)
 
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()

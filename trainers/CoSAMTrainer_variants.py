@@ -61,6 +61,7 @@ class CoSAMTrainerSmall_window5(CoSAMTrainerSmall):
 class USAMTrainer(CoSAMTrainer):
     """U-SAM segmenting whole slices without prompts; windows only batch the slices."""
     window = 5
+    calibration_thresholds = ()  # no detections, no score to threshold
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,

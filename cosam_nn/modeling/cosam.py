@@ -24,10 +24,14 @@ from cosam_nn.node_geometry import union_boxes
 from cosam_nn.training import training_losses
 
 LOGIT_BOUND = 12.0
-# Foreground logit where no kept box lies. Weak on purpose: nnU-Net averages the logits of
-# overlapping tiles, and a window that missed a node (or held only part of it) must not outvote the
-# window that found it.
-BACKGROUND_LOGIT = -4.0
+# Foreground logit where no kept box lies: below 0 (background), but weak. nnU-Net averages the
+# logits of overlapping tiles with Gaussian weights, and a kept mask's logit can be as low as
+# MIN_FG_LOGIT: at -4 a window that missed a node (or saw it cut at its edge) outvoted the window
+# that found it on every slice between two window centres (measured: fold-0 validation Dice
+# 0.454 -> 0.547 and test Dice 0.537 -> 0.615 for the same CoSAMTrainerSmall model at -0.25).
+# The exported probability is therefore sigmoid(-0.25) = 0.44 wherever no box was kept: read the
+# segmentation and the nodes' mean probabilities, not the background level.
+BACKGROUND_LOGIT = -0.25
 MIN_FG_LOGIT = 0.5
 
 
@@ -49,6 +53,20 @@ class Detections:
     scores: torch.Tensor
 
 
+@dataclass
+class Candidates:
+    """Segmented proposals of one window before the threshold: boxes (N, L, 4), present (N, L),
+    scores (N,); one U-SAM mask per (proposal, present slice): masks (M, S, S) logits (None if
+    N = 0), owner (M,) proposal index, slice_id (M,), crop regions (M, 4)."""
+    boxes: torch.Tensor
+    present: torch.Tensor
+    scores: torch.Tensor
+    masks: torch.Tensor
+    owner: torch.Tensor
+    slice_id: torch.Tensor
+    regions: torch.Tensor
+
+
 class CoSAM(nn.Module):
     """forward(window (B, 1, L, H, W)) -> logits (B, 2, L, H, W); `detect` also returns the boxes."""
 
@@ -59,6 +77,7 @@ class CoSAM(nn.Module):
         self.usam = USAM(cfg.usam)
         self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden) \
             if cfg.use_ccm else None
+        self.register_buffer("score_threshold", torch.tensor(float(cfg.score_threshold)))
 
     def segment_boxes(self, window, slice_index, boxes):
         """U-SAM on boxes (M, 4) of slices slice_index (M,) (= b * L + l) of window.
@@ -75,7 +94,18 @@ class CoSAM(nn.Module):
         masks, iou, tokens = self.usam(crops, list(prompts.unsqueeze(1)))
         return masks, iou, tokens, regions
 
-    def _candidates(self, det, b):
+    @property
+    def threshold(self):
+        """The final score a detection needs: the `score_threshold` buffer (saved with the weights,
+        so a threshold calibrated after training travels with the checkpoint)."""
+        return float(self.score_threshold)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the threshold was a buffer: the configured default
+        state_dict.setdefault(prefix + "score_threshold", torch.tensor(float(self.cfg.score_threshold)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _proposals_to_segment(self, det, b, threshold):
         """Indices of the proposals of window b worth segmenting, best first.
 
         The final score is sqrt(detector score x CCM probability), so a proposal whose detector
@@ -83,38 +113,60 @@ class CoSAM(nn.Module):
         """
         scores = det["scores"][b].sigmoid()
         order = scores.argsort(descending=True)[: self.cfg.max_boxes]
-        floor = self.cfg.score_threshold ** 2 if self.ccm is not None else self.cfg.score_threshold
+        floor = threshold ** 2 if self.ccm is not None else threshold
         return order[scores[order] >= floor]
+
+    def _window_candidates(self, window, det, i, threshold):
+        """`Candidates` of window i: its proposals that may reach threshold, segmented and scored."""
+        length = window.shape[2]
+        cand = self._proposals_to_segment(det, i, threshold)
+        present = det["presence"][i][cand].sigmoid() > self.cfg.presence_threshold
+        boxes = det["boxes"][i][cand]
+        keep = present.any(1)
+        cand, present, boxes = cand[keep], present[keep], boxes[keep]
+        scores = det["scores"][i][cand].sigmoid()
+        owner, slice_id = torch.nonzero(present, as_tuple=True)
+        if len(cand) == 0:
+            return Candidates(boxes, present, scores, None, owner, slice_id, None)
+        masks, _, tokens, regions = self.segment_boxes(window, i * length + slice_id, boxes[owner, slice_id])
+        if self.ccm is not None:
+            mean_tokens = mean_token_per_proposal(tokens, owner, len(cand))
+            ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
+            scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
+        return Candidates(boxes, present, scores, masks[:, 0], owner, slice_id, regions)
+
+    @torch.no_grad()
+    def candidates(self, window, threshold=None):
+        """One detector pass and U-SAM on every proposal that may reach `threshold` (default: the
+        model's): a list of B `Candidates`, before the threshold and NMS."""
+        threshold = self.threshold if threshold is None else threshold
+        det = self.detector(window)
+        return [self._window_candidates(window, det, i, threshold) for i in range(window.shape[0])]
+
+    def keep(self, cand, threshold=None):
+        """Indices of the candidates kept: score >= threshold, then NMS on their union boxes."""
+        threshold = self.threshold if threshold is None else threshold
+        kept = torch.nonzero(cand.scores >= threshold).squeeze(1)
+        return kept[nms(union_boxes(cand.boxes[kept], cand.present[kept]), cand.scores[kept], self.cfg.nms_iou)]
+
+    @staticmethod
+    def paste(fg, cand, kept):
+        """Paste the kept candidates' masks (max) into fg (L, H, W), each capped at its score's logit."""
+        cap = score_logit_cap(cand.scores)
+        for m in torch.nonzero(torch.isin(cand.owner, kept)).squeeze(1).tolist():
+            owner = cand.owner[m]
+            paste_crop(fg[cand.slice_id[m]], cand.masks[m].clamp(BACKGROUND_LOGIT, float(cap[owner])), cand.regions[m])
 
     @torch.no_grad()
     def detect(self, window):
         """(logits (B, 2, L, H, W), list of B `Detections`)."""
         b, _, length, h, w = window.shape
-        det = self.detector(window)
         fg = torch.full((b, length, h, w), BACKGROUND_LOGIT, device=window.device, dtype=window.dtype)
         results = []
-        for i in range(b):
-            cand = self._candidates(det, i)
-            present = det["presence"][i][cand].sigmoid() > self.cfg.presence_threshold
-            boxes = det["boxes"][i][cand]
-            keep = present.any(1)
-            cand, present, boxes = cand[keep], present[keep], boxes[keep]
-            if len(cand) == 0:
-                results.append(Detections(boxes, present, det["scores"][i][cand].sigmoid()))
-                continue
-            owner, slice_id = torch.nonzero(present, as_tuple=True)
-            masks, _, tokens, regions = self.segment_boxes(window, i * length + slice_id, boxes[owner, slice_id])
-            scores = det["scores"][i][cand].sigmoid()
-            if self.ccm is not None:
-                mean_tokens = mean_token_per_proposal(tokens, owner, len(cand))
-                ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
-                scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
-            kept = torch.nonzero(scores >= self.cfg.score_threshold).squeeze(1)
-            kept = kept[nms(union_boxes(boxes[kept], present[kept]), scores[kept], self.cfg.nms_iou)]
-            cap = score_logit_cap(scores)
-            for m in torch.nonzero(torch.isin(owner, kept)).squeeze(1).tolist():
-                paste_crop(fg[i, slice_id[m]], masks[m, 0].clamp(BACKGROUND_LOGIT, float(cap[owner[m]])), regions[m])
-            results.append(Detections(boxes[kept], present[kept], scores[kept]))
+        for i, cand in enumerate(self.candidates(window)):
+            kept = self.keep(cand)
+            self.paste(fg[i], cand, kept)
+            results.append(Detections(cand.boxes[kept], cand.present[kept], cand.scores[kept]))
         logits = torch.stack([torch.zeros_like(fg), fg], dim=1)
         return logits, results
 

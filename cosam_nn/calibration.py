@@ -1,0 +1,89 @@
+"""The final-score threshold of a trained CoSAM, picked on its fold's validation cases.
+
+The score a detection needs (sqrt(detector x CCM) with the CCM, the detector's alone without)
+is not a calibrated probability, and its scale differs between the two: a fixed 0.5 favours one
+variant over the other. After training, each validation volume is cut into non-overlapping
+windows, every candidate that could pass the lowest threshold is segmented once, and each
+threshold of the grid is scored by the mean per-case Dice of the masks it keeps (an empty
+reference and an empty prediction count as Dice 1); of thresholds within 0.01 of the best Dice the
+lowest wins, since it keeps more candidates (sensitivity, FROC) at the same Dice.
+"""
+import torch
+
+from cosam_nn.modeling.cosam import BACKGROUND_LOGIT
+
+
+def tile_starts(size, patch):
+    """Starts of non-overlapping tiles of length patch covering 0..size (the last one flush with the end)."""
+    if size <= patch:
+        return [0]
+    starts = list(range(0, size - patch + 1, patch))
+    return starts if starts[-1] == size - patch else starts + [size - patch]
+
+
+def _tiles(shape, patch):
+    """Slices (z, y, x) of tiles covering a volume of shape (Z, Y, X); overlaps only where the last tile
+    of an axis moves back to fit, and those voxels are counted once (the first tile owns them)."""
+    out = []
+    for z in tile_starts(shape[0], patch[0]):
+        for y in tile_starts(shape[1], patch[1]):
+            for x in tile_starts(shape[2], patch[2]):
+                out.append(tuple(slice(s, s + p) for s, p in zip((z, y, x), patch)))
+    return out
+
+
+def _padded(image, patch):
+    """image (1, Z, Y, X) padded at the end to at least patch on each axis (edge values)."""
+    pad = [max(0, p - s) for p, s in zip(patch, image.shape[1:])]
+    if not any(pad):
+        return image
+    return torch.nn.functional.pad(image[None], (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")[0]
+
+
+@torch.no_grad()
+def case_counts(model, image, label, patch, thresholds):
+    """{threshold: (true positive, predicted, reference) voxel counts} of one case.
+
+    image (1, Z, Y, X) normalised CT, label (Z, Y, X) bool, patch (L, h, w) the training window.
+    """
+    image = _padded(image, patch)
+    padded = torch.zeros(image.shape[1:], dtype=torch.bool, device=label.device)
+    padded[: label.shape[0], : label.shape[1], : label.shape[2]] = label
+    label = padded
+    owned = torch.zeros(label.shape, dtype=torch.bool, device=label.device)
+    counts = {t: [0, 0, int(label.sum())] for t in thresholds}
+    for region in _tiles(label.shape, patch):
+        cand = model.candidates(image[(slice(None),) + region][None], min(thresholds))[0]
+        new = ~owned[region]
+        owned[region] = True
+        for t in thresholds:
+            fg = torch.full(new.shape, BACKGROUND_LOGIT, device=image.device, dtype=image.dtype)
+            model.paste(fg, cand, model.keep(cand, t))
+            pred = (fg > 0) & new
+            counts[t][0] += int((pred & label[region]).sum())
+            counts[t][1] += int(pred.sum())
+    return {t: tuple(c) for t, c in counts.items()}
+
+
+def dice_from_counts(tp, predicted, reference):
+    """Dice of one case; 1 when both are empty."""
+    return 1.0 if predicted + reference == 0 else 2.0 * tp / (predicted + reference)
+
+
+DICE_TOLERANCE = 0.01
+
+
+def pick_threshold(mean_dice, tolerance=DICE_TOLERANCE):
+    """The lowest threshold whose mean Dice is within `tolerance` of the best: at the same Dice,
+    the one that keeps more candidates finds more nodes (sensitivity, FROC)."""
+    best = max(mean_dice.values())
+    return min(t for t, d in mean_dice.items() if d >= best - tolerance)
+
+
+def calibrate(model, cases, patch, thresholds):
+    """(best threshold, {threshold: mean per-case Dice}) over cases, an iterable of (image, label)."""
+    per_case = [case_counts(model, image, label, patch, thresholds) for image, label in cases]
+    if not per_case:
+        raise ValueError("no validation cases to calibrate the score threshold on")
+    mean_dice = {t: sum(dice_from_counts(*c[t]) for c in per_case) / len(per_case) for t in thresholds}
+    return pick_threshold(mean_dice), mean_dice

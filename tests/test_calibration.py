@@ -1,0 +1,76 @@
+"""The score threshold picked on validation cases (cosam_nn.calibration) and carried by the weights."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cosam_nn.calibration import calibrate, dice_from_counts, pick_threshold, tile_starts
+from cosam_nn.modeling.config import CoSAMConfig
+from cosam_nn.modeling.cosam import Candidates, CoSAM
+
+PATCH = (5, 32, 32)
+NODE = (slice(2, 7), slice(8, 14), slice(10, 18))   # spans both z tiles of an 8-slice volume
+DECOY = (slice(0, 8), slice(24, 30), slice(2, 8))   # background that looks like a node
+
+
+def test_tiles_cover_the_axis_without_gaps():
+    assert tile_starts(20, 9) == [0, 9, 11]
+    assert tile_starts(18, 9) == [0, 9]
+    assert tile_starts(5, 9) == [0]
+
+
+def test_near_ties_go_to_the_lower_threshold_and_empty_cases_score_one():
+    assert pick_threshold({0.3: 0.5, 0.4: 0.695, 0.5: 0.7, 0.6: 0.2}) == 0.4
+    assert pick_threshold({0.3: 0.5, 0.4: 0.6, 0.5: 0.7, 0.6: 0.2}) == 0.5
+    assert dice_from_counts(0, 0, 0) == 1.0 and dice_from_counts(3, 4, 4) == 0.75
+
+
+def _fake_candidates(window, threshold):
+    """Two proposals per window, found from the image itself: the node (score 0.8, its exact mask)
+    and the decoy (score 0.4): the U-SAM masks are the bright voxels of each."""
+    img = window[0, 0]
+    boxes, present, masks, owner, slice_id = [], [], [], [], []
+    for p, value in enumerate((1.0, 2.0)):
+        on = (img == value).flatten(1).any(1)
+        present.append(on)
+        boxes.append(torch.tensor([0.0, 0.0, 32.0, 32.0]).expand(len(on), 4))
+        for s in torch.nonzero(on).squeeze(1).tolist():
+            masks.append(torch.where(img[s] == value, 10.0, -10.0))
+            owner.append(p)
+            slice_id.append(s)
+    n = len(masks)
+    return [Candidates(torch.stack(boxes), torch.stack(present), torch.tensor([0.8, 0.4]),
+                       torch.stack(masks), torch.tensor(owner), torch.tensor(slice_id),
+                       torch.tensor([[0.0, 0.0, 32.0, 32.0]]).expand(n, 4))]
+
+
+def _case():
+    image = torch.zeros(1, 8, 32, 32)
+    image[(0,) + NODE] = 1.0
+    image[(0,) + DECOY] = 2.0
+    return image, image[0] == 1.0
+
+
+def test_the_threshold_that_drops_the_false_box_wins(monkeypatch):
+    model = CoSAM(replace(CoSAMConfig.small(window=5), nms_iou=1.0)).eval()
+    monkeypatch.setattr(model, "candidates", _fake_candidates)
+    best, dice = calibrate(model, [_case(), _case()], PATCH, (0.3, 0.5, 0.9))
+    assert dice[0.5] == pytest.approx(1.0)          # the node exactly, counted once across the tiles
+    node, decoy = 5 * 6 * 8, 8 * 6 * 6
+    assert dice[0.3] == pytest.approx(2 * node / (2 * node + decoy))
+    assert dice[0.9] == 0.0
+    assert best == 0.5
+    with pytest.raises(ValueError, match="no validation cases"):
+        calibrate(model, [], PATCH, (0.5,))
+
+
+def test_the_threshold_travels_with_the_weights():
+    model = CoSAM(CoSAMConfig.small(window=5))
+    model.score_threshold.fill_(0.35)
+    fresh = CoSAM(CoSAMConfig.small(window=5))
+    assert fresh.threshold == 0.5
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.threshold == pytest.approx(0.35)
+    old = {k: v for k, v in model.state_dict().items() if k != "score_threshold"}  # before it was a buffer
+    fresh.load_state_dict(old)
+    assert fresh.threshold == 0.5
