@@ -147,6 +147,8 @@ def main():
     p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer")
     p.add_argument("--step", type=int, default=4)
     a = p.parse_args()
+    if not os.environ.get("nnUNet_preprocessed"):
+        p.error("set nnUNet_preprocessed to the folder the fold was trained from (its splits and data are read there)")
     report(load_model(a.fold_folder, a.trainer), validation_cases(a.fold_folder), a.step, a.trainer)
 
 
