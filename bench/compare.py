@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 
 from cosam_nn.demo import Pipeline
@@ -47,6 +48,8 @@ def parse_row(row):
 
 def run_trainer(pipe, row, epochs, iters):
     trainer, configuration = parse_row(row)
+    model = os.path.join(pipe.env["nnUNet_results"], os.path.basename(pipe.raw), f"{trainer}__nnUNetPlans__{configuration}")
+    shutil.rmtree(model, ignore_errors=True)  # a rerun starts afresh (and its epoch times are its own)
     pipe.train(trainer, epochs, iters, val_iters=1, configuration=configuration)
     train_peak = pipe.last_peak_mib
     pred = os.path.join(pipe.work, f"pred_{trainer}_{configuration}")

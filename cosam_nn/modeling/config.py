@@ -76,11 +76,11 @@ class CoSAMConfig:
         return cls(
             detector=DetectorConfig(window=window, channels=(8, 16, 32, 48), feature_dim=32, roi_size=5,
                                     token_dim=64, encoder_layers=1, decoder_layers=1, heads=4,
-                                    pre_nms_top_k=300, train_proposals=32, test_proposals=16),
+                                    pre_nms_top_k=300, train_proposals=32, test_proposals=48),
             usam=USAMConfig(img_size=64, unet_channels=(8, 16, 24, 32, 64), depth=2, heads=4, window_size=0,
                             global_attn_indexes=(), prompt_dim=64, decoder_depth=1, decoder_mlp_dim=128,
                             decoder_heads=4),
-            crop_size=32, ccm_hidden=64, max_boxes=12, train_true_boxes=6, train_proposals_per_window=6, train_slices_per_proposal=3,
+            crop_size=32, ccm_hidden=64, max_boxes=24, train_true_boxes=6, train_proposals_per_window=6, train_slices_per_proposal=3,
             prompt_jitter=6.0)
 
     def with_window(self, window):
