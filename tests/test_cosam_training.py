@@ -132,6 +132,10 @@ def test_usam_baseline_segments_whole_slices():
         logits = net(torch.randn(2, 1, 5, 40, 56))
     assert logits.shape == (2, 2, 5, 40, 56) and logits.abs().max() <= 12
     assert np.isfinite(logits.numpy()).all()
+    # the small baseline sees whole slices at 128, not the small CoSAM's 64 meant for box crops
+    baseline = variants.USAMTrainerSmall.build_network_architecture(None, None, 1, 2)
+    assert baseline.usam.cfg.img_size == 128 and variants.CoSAMTrainerSmall.cosam_config().usam.img_size == 64
+    assert variants.USAMTrainerSmall.calibration_thresholds == ()
 
 
 def test_augmentation_is_flips_and_intensity_only():

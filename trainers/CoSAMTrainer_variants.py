@@ -3,6 +3,8 @@
 Small*: the CPU-size networks. noCCM / noE2E: the paper's Table 4 ablations. windowN: Table 3.
 USAMTrainer: U-SAM alone without prompts, the paper's baseline row.
 """
+from dataclasses import replace
+
 from cosam_nn.modeling.usam_baseline import USAMSegmenter
 from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
 
@@ -72,6 +74,13 @@ class USAMTrainer(CoSAMTrainer):
 
 
 class USAMTrainerSmall(USAMTrainer):
+    """Whole slices at U-SAM's input of 128 (the small CoSAM's 64 is for 32-pixel crops around a box:
+    a 96-pixel slice shrunk to 64 leaves nodes of 2-4 pixels)."""
     cosam_size = "small"
     max_inplane = 128
     learning_rates = SMALL_LEARNING_RATES
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, usam=replace(cfg.usam, img_size=128))
