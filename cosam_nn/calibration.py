@@ -47,10 +47,12 @@ def case_counts(model, image, label, patch, thresholds):
     image (1, Z, Y, X) normalised CT, label (Z, Y, X) bool, patch (L, h, w) the training window.
     """
     image = _padded(image, patch)
+    inside = tuple(slice(0, n) for n in label.shape)
     padded = torch.zeros(image.shape[1:], dtype=torch.bool, device=label.device)
-    padded[: label.shape[0], : label.shape[1], : label.shape[2]] = label
+    padded[inside] = label
     label = padded
-    owned = torch.zeros(label.shape, dtype=torch.bool, device=label.device)
+    owned = torch.ones(label.shape, dtype=torch.bool, device=label.device)  # padding: never counted
+    owned[inside] = False
     counts = {t: [0, 0, int(label.sum())] for t in thresholds}
     for region in _tiles(label.shape, patch):
         cand = model.candidates(image[(slice(None),) + region][None], min(thresholds))[0]

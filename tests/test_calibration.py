@@ -60,6 +60,10 @@ def test_the_threshold_that_drops_the_false_box_wins(monkeypatch):
     assert dice[0.3] == pytest.approx(2 * node / (2 * node + decoy))
     assert dice[0.9] == 0.0
     assert best == 0.5
+    # a volume shorter than the window: padded for the model, the padding never counted
+    short_image, short_label = _case()[0][:, 2:5], _case()[1][2:5]
+    _, short = calibrate(model, [(short_image, short_label)], PATCH, (0.5,))
+    assert short[0.5] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no validation cases"):
         calibrate(model, [], PATCH, (0.5,))
 
