@@ -1,6 +1,6 @@
 """CoSAM against nnU-Net's own network at the same training budget, on a fixed synthetic benchmark.
 
-    python bench/compare.py [--quick] [--work bench_work/compare] [-tr ROW ...] [--keep]
+    python bench/compare.py [--quick] [--work bench_work/compare] [-tr ROW ...] [--keep] [--repeats N]
 
 One run: generate (fixed seed) -> convert -> plan once; for each trainer train the same number of
 iterations (wall time and peak memory recorded), predict the held-out test cases, evaluate with
@@ -65,6 +65,17 @@ def run_trainer(pipe, row, epochs, iters):
             "s_per_case": seconds / n_test, "train_peak_mib": train_peak, "predict_peak_mib": predict_peak}
 
 
+def mean_of_runs(runs):
+    """One row from N runs of a trainer: the mean of each column (None where any run has None),
+    the runs kept under 'runs' (the table lists each run's Dice and FROC score)."""
+    row = {}
+    for key, _ in COLUMNS:
+        values = [r[key] for r in runs]
+        row[key] = None if any(v is None for v in values) else sum(values) / len(values)
+    row["runs"] = runs
+    return row
+
+
 def _fmt(v):
     return "n/a" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
 
@@ -78,6 +89,12 @@ def markdown(rows, header):
         if trainer != BASELINE and base:
             ratio = [(row[k] / base[k]) if row[k] is not None and base.get(k) else None for k, _ in COLUMNS]
             lines.append(f"| ratio to nnU-Net | " + " | ".join(_fmt(r) for r in ratio) + " |")
+    repeated = [(t, r["runs"]) for t, r in rows.items() if len(r.get("runs", [])) > 1]
+    if repeated:
+        lines.append("")
+    for trainer, runs in repeated:
+        lines.append(f"- {trainer}: Dice of each run " + ", ".join(_fmt(r["dice"]) for r in runs)
+                     + "; FROC score " + ", ".join(_fmt(r["froc"]) for r in runs))
     return "\n".join(lines)
 
 
@@ -107,9 +124,13 @@ def main():
     p.add_argument("--work", default="bench_work/compare")
     p.add_argument("-tr", nargs="+", default=list(ROWS), dest="trainers",
                    help="rows as 'TRAINER [CONFIGURATION]' (default: all; configuration 3d_fullres unless given)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="train and evaluate each row N times; the table shows the means (training is not seeded)")
     p.add_argument("--keep", action="store_true",
                    help="keep the rows of an earlier run of the same settings in --work that -tr does not list")
     a = p.parse_args()
+    if a.repeats < 1:
+        p.error("--repeats must be at least 1")
     mode = "quick" if a.quick else "full"
     cfg = SETTINGS[mode]
     settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), seed=2026)
@@ -125,11 +146,15 @@ def main():
     header = (f"{mode} benchmark, {platform.node()} ({os.cpu_count()} CPUs): {cfg['cases']} synthetic cases "
               f"{cfg['shape']} (seed 2026), {n_test} held out; every row {cfg['epochs']} x {cfg['iters']} iterations "
               f"of its trainer and nnU-Net configuration (3d_fullres unless named), prediction without TTA; "
+              f"{'each row the mean of its runs; ' if a.repeats > 1 else ''}"
               f"rows run on {{dates}}")
     rows = {r: v for r, v in earlier.items() if r not in a.trainers}
     for i, trainer in enumerate(a.trainers):
         print(f"[{i + 1}/{len(a.trainers)}] {trainer} ...", flush=True)
-        rows[trainer] = dict(run_trainer(pipe, trainer, cfg["epochs"], cfg["iters"]), date=time.strftime("%Y-%m-%d %H:%M"))
+        runs = []
+        for _ in range(a.repeats):
+            runs.append(dict(run_trainer(pipe, trainer, cfg["epochs"], cfg["iters"]), date=time.strftime("%Y-%m-%d %H:%M")))
+        rows[trainer] = dict(mean_of_runs(runs), date=runs[-1]["date"])
         dates = ", ".join(sorted({v.get("date", "?")[:10] for v in rows.values()}))
         _write(pipe.work, header.format(dates=dates), settings, rows)
     print(open(os.path.join(pipe.work, "compare.md")).read())
