@@ -33,9 +33,9 @@ COLUMNS = (("dice", "Dice"), ("iou", "IoU"), ("pooled_dice", "pooled slice Dice"
            ("train_peak_mib", "train peak MiB"), ("predict_peak_mib", "predict peak MiB"))
 
 
-def _epoch_seconds(results_folder, trainer, configuration):
+def _epoch_seconds(model_folder):
     """Sum of nnU-Net's 'Epoch time' lines of fold 0 (training iterations and validation of each epoch)."""
-    fold = os.path.join(results_folder, f"{trainer}__nnUNetPlans__{configuration}", "fold_0")
+    fold = os.path.join(model_folder, "fold_0")
     text = "".join(open(os.path.join(fold, f)).read() for f in os.listdir(fold) if f.startswith("training_log"))
     return sum(float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", text))
 
@@ -57,11 +57,10 @@ def run_trainer(pipe, row, epochs, iters):
     predict_peak = pipe.last_peak_mib
     summary, _ = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, use_probs=True, log=lambda *_: None)
     n_test = summary["cases"]
-    results = os.path.join(pipe.env["nnUNet_results"], os.path.basename(pipe.raw))
     return {"dice": summary["dice_mean"], "iou": summary["iou_mean"], "pooled_dice": summary["pooled_slice_dice"],
             "ap10": summary["ap"]["0.1"], "ap50_2d": summary["ap50_2d_per_slice"], "froc": summary["froc_score"],
             "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
-            "s_per_iter": _epoch_seconds(results, trainer, configuration) / (epochs * iters),
+            "s_per_iter": _epoch_seconds(model) / (epochs * iters),
             "s_per_case": seconds / n_test, "train_peak_mib": train_peak, "predict_peak_mib": predict_peak}
 
 

@@ -58,11 +58,12 @@ def case_counts(model, image, label, patch, thresholds):
         cand = model.candidates(image[(slice(None),) + region][None], min(thresholds))[0]
         new = ~owned[region]
         owned[region] = True
+        ref = label[region]
         for t in thresholds:
             fg = torch.full(new.shape, BACKGROUND_LOGIT, device=image.device, dtype=image.dtype)
             model.paste(fg, cand, model.keep(cand, t))
             pred = (fg > 0) & new
-            counts[t][0] += int((pred & label[region]).sum())
+            counts[t][0] += int((pred & ref).sum())
             counts[t][1] += int(pred.sum())
     return {t: tuple(c) for t, c in counts.items()}
 

@@ -100,10 +100,12 @@ class CoSAM(nn.Module):
         so a threshold calibrated after training travels with the checkpoint)."""
         return float(self.score_threshold)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints from before the threshold was a buffer: the configured default
-        state_dict.setdefault(prefix + "score_threshold", torch.tensor(float(self.cfg.score_threshold)))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
+        key = prefix + "score_threshold"
+        if key in missing_keys:  # checkpoints from before the threshold was a buffer: the configured default
+            missing_keys.remove(key)
+            self.score_threshold.fill_(float(self.cfg.score_threshold))
 
     def _proposals_to_segment(self, det, b, threshold):
         """Indices of the proposals of window b worth segmenting, best first.
