@@ -78,3 +78,18 @@ def test_the_threshold_travels_with_the_weights():
     old = {k: v for k, v in model.state_dict().items() if k != "score_threshold"}  # before it was a buffer
     fresh.load_state_dict(old)
     assert fresh.threshold == 0.5
+
+
+def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes():
+    """on_train_end calibrates before checkpoint_final.pth is written: an empty validation list
+    (a hand-made splits file) must not lose the finished training."""
+    from types import SimpleNamespace
+    from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
+    logged = []
+    model = CoSAM(CoSAMConfig.small(window=5))
+    trainer = SimpleNamespace(calibration_thresholds=(0.3, 0.5), network=model, is_ddp=False, local_rank=0,
+                              calibration_cases=20, do_split=lambda: (["a", "b"], []),
+                              print_to_log_file=lambda *a: logged.append(" ".join(map(str, a))))
+    CoSAMTrainer.calibrate_score_threshold(trainer)
+    assert model.threshold == 0.5
+    assert logged and "no validation cases" in logged[0]

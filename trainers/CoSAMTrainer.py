@@ -201,6 +201,10 @@ class CoSAMTrainer(nnUNetTrainer):
         model = self.network.module if self.is_ddp else self.network
         if self.local_rank == 0:
             keys = self.do_split()[1][: self.calibration_cases]
+            if not keys:
+                self.print_to_log_file(f"no validation cases in this fold: score threshold kept at "
+                                       f"{float(model.score_threshold):g}")
+                return
             dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
                                          folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
             model.eval()
