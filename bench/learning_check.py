@@ -3,8 +3,8 @@
     python bench/learning_check.py [-tr CoSAMTrainerSmall] [--epochs 8] [--iters 50] [--cases 24]
 
 Fold 0 trains for the budget; fold 1 for a single iteration (the untrained reference). Both predict
-the same held-out test cases (never seen in training). Prints Dice per case and, per model, the
-mean Dice, the share of reference nodes touched by the prediction and the false-positive components.
+the same held-out test cases (never seen in training). Prints, per model, the mean Dice, the share
+of reference nodes touched by the prediction and the false-positive components.
 """
 import argparse
 import os
@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cosam_nn.demo import Pipeline
+from cosam_nn.evaluation import evaluate_folders
 from cosam_nn.node_geometry import label_nodes
 
 
@@ -48,12 +49,13 @@ def main():
         seconds = pipe.train(a.trainer, epochs, iters, val_iters=1, fold=fold)
         pred = os.path.join(pipe.work, f"pred_{name}")
         pipe.predict(a.trainer, pred, fold=fold)
-        results[name] = (pipe.dice(pred), node_hits(pipe.raw, pred), seconds)
+        summary, _ = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, log=lambda *_: None)
+        results[name] = (summary, node_hits(pipe.raw, pred), seconds)
     print(f"{platform.node()}, {time.strftime('%Y-%m-%d')}: {a.trainer}, {a.cases} cases {a.shape}, "
           f"trained {a.epochs} x {a.iters} iterations")
-    for name, (dice, (hit, total, false), seconds) in results.items():
-        values = [d for _, _, d in dice.values() if not np.isnan(d)]
-        print(f"{name:<10} mean Dice {np.mean(values):.3f} over {len(values)} test cases; nodes touched "
+    for name, (summary, (hit, total, false), seconds) in results.items():
+        scored = summary["cases"] - summary["cases_empty_reference_and_prediction"]
+        print(f"{name:<10} mean Dice {summary['dice_mean']:.3f} over {scored} test cases; nodes touched "
               f"{hit}/{total}; false-positive components {false}; training + validation {seconds:.0f} s")
 
 

@@ -8,6 +8,7 @@ Everything lands in one work folder (default ./demo_work) with its own nnUNet_ra
 nnUNet_preprocessed and nnUNet_results, so a user's own nnU-Net folders are never touched.
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,6 @@ import sys
 import time
 
 import numpy as np
-import SimpleITK as sitk
 
 from cosam_nn.trainer_dir import trainer_dir
 
@@ -72,21 +72,13 @@ class Pipeline:
         args += ([] if tta else ["--disable_tta"]) + (["--save_probabilities"] if probabilities else [])
         return self.run(f"predict {'the test cases' if images is None else images} with {trainer}", args)
 
-    def dice(self, pred):
-        """{case: (reference voxels, predicted voxels, Dice or NaN when both are empty)}."""
-        labels = os.path.join(self.raw, "labelsTs")
-        out = {}
-        for f in sorted(os.listdir(labels)):
-            ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels, f))) > 0
-            seg = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(pred, f))) > 0
-            total = int(ref.sum() + seg.sum())
-            out[f[:-7]] = (int(ref.sum()), int(seg.sum()), 2 * int((ref & seg).sum()) / total if total else float("nan"))
-        return out
 
-
-def dice_table(scores):
-    lines = [f"{case:<12} reference voxels {r:>6}  predicted {p:>6}  Dice {d:.3f}" for case, (r, p, d) in scores.items()]
-    values = [d for _, _, d in scores.values() if not np.isnan(d)]
+def dice_table(per_case):
+    """The test cases' Dice from cosam_evaluate's summary.json `per_case`; the mean leaves out cases
+    without reference or predicted nodes (Dice null), as the evaluation does."""
+    lines = [f"{case:<12} reference voxels {c['reference_voxels']:>6}  predicted {c['predicted_voxels']:>6}  Dice "
+             + ("-" if c["dice"] is None else f"{c['dice']:.3f}") for case, c in per_case.items()]
+    values = [c["dice"] for c in per_case.values() if c["dice"] is not None]
     lines.append(f"{'mean':<12} Dice {np.mean(values):.3f} over {len(values)} case(s)" if values else "no case with nodes")
     return "\n".join(lines)
 
@@ -107,15 +99,18 @@ def main(argv=None):
     pred = os.path.join(pipe.work, "predictions")
     pipe.predict(a.trainer, pred, probabilities=True)
     pictures = os.path.join(pipe.work, "pictures")
+    evaluation = os.path.join(pipe.work, "evaluation")
     pipe.run("evaluate", ["cosam_evaluate", "-ref", os.path.join(pipe.raw, "labelsTs"), "-pred", pred,
-                          "-o", os.path.join(pipe.work, "evaluation"), "--probs", "--plots", pictures])
-    case = max(pipe.dice(pred).items(), key=lambda kv: kv[1][1])[0]  # the case with most predicted voxels
+                          "-o", evaluation, "--probs", "--plots", pictures])
+    with open(os.path.join(evaluation, "summary.json")) as f:
+        per_case = json.load(f)["per_case"]
+    case = max(per_case, key=lambda k: per_case[k]["predicted_voxels"])  # the case with most predicted voxels
     report = os.path.join(pipe.work, "report", case + ".json")
     pipe.run(f"node report of {case}", ["cosam_report", os.path.join(pipe.raw, "imagesTs", case + "_0000.nii.gz"),
                                         os.path.join(pred, case + ".nii.gz"), "--probs", os.path.join(pred, case + ".npz"),
                                         "-o", report, "--plots", pictures])
-    print("\n=== test cases\n" + dice_table(pipe.dice(pred)))
-    print(f"\npredictions in {pred}\nevaluation in {os.path.join(pipe.work, 'evaluation')} (summary.md, summary.json)"
+    print("\n=== test cases\n" + dice_table(per_case))
+    print(f"\npredictions in {pred}\nevaluation in {evaluation} (summary.md, summary.json)"
           f"\nnode report in {report} (and .csv)\npictures in {pictures}\nwhole demo {time.time() - start:.0f} s")
     return 0
 

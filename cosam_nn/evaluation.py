@@ -26,6 +26,7 @@ from scipy import ndimage
 from cosam_nn import plots
 from cosam_nn.detection_metrics import average_precision, froc, froc_curve, greedy_match
 from cosam_nn.fileio import write_text_atomic
+from cosam_nn.image_geometry import geometry_mismatch
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.node_measures import node_diameters
 
@@ -47,16 +48,6 @@ def _read_binary(path, case, what):
         raise EvaluationError(f"case {case}: {what} is not binary (values {values[:6].tolist()}...); "
                               f"expected 0 = background, 1 = node")
     return image, array.astype(bool)
-
-
-def _check_geometry(case, ref, pred):
-    if ref.GetSize() != pred.GetSize():
-        raise EvaluationError(f"case {case}: prediction size {pred.GetSize()} differs from reference {ref.GetSize()}")
-    for what, a, b in (("spacing", ref.GetSpacing(), pred.GetSpacing()), ("origin", ref.GetOrigin(), pred.GetOrigin()),
-                       ("direction", ref.GetDirection(), pred.GetDirection())):
-        if not np.allclose(a, b, rtol=1e-4, atol=1e-3):
-            raise EvaluationError(f"case {case}: prediction {what} {np.round(b, 4).tolist()} differs from "
-                                  f"reference {np.round(a, 4).tolist()}")
 
 
 def components(mask, probs=None):
@@ -110,6 +101,7 @@ def evaluate_case(ref, pred, spacing_zyx, probs=None, iou_thresholds=(0.1, 0.5))
                    int((ref[node_slices] | pred[node_slices]).sum())),
         "matches": matches, "slice_groups": slice_groups,
         "reference_nodes": len(ref_boxes), "predicted_nodes": len(pred_boxes),
+        "reference_voxels": int(ref.sum()), "predicted_voxels": int(pred.sum()),
         "short_axes_mm": short_axes,
     }
 
@@ -144,7 +136,8 @@ def summarise(cases, iou_thresholds=(0.1, 0.5), detection_iou=0.1):
         "froc_score": froc_score,
         "sensitivity_by_short_axis": by_size,
         "per_case": {k: {"dice": c["dice"], "iou": c["iou"], "reference_nodes": c["reference_nodes"],
-                         "predicted_nodes": c["predicted_nodes"],
+                         "predicted_nodes": c["predicted_nodes"], "reference_voxels": c["reference_voxels"],
+                         "predicted_voxels": c["predicted_voxels"],
                          "nodes_found": int(c["matches"][detection_iou].found.sum())} for k, c in cases.items()},
     }
 
@@ -169,7 +162,9 @@ def evaluate_folders(ref_dir, pred_dir, use_probs=False, log=print):
     for i, case in enumerate(refs, start=1):
         ref_img, ref = _read_binary(refs[case], case, "reference")
         pred_img, pred = _read_binary(preds[case], case, "prediction")
-        _check_geometry(case, ref_img, pred_img)
+        fault = geometry_mismatch(ref_img, pred_img, "reference", "prediction")
+        if fault:
+            raise EvaluationError(f"case {case}: {fault}")
         probs = None
         if use_probs:
             npz = os.path.join(pred_dir, case + ".npz")

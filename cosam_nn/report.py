@@ -25,6 +25,7 @@ from skimage.measure import regionprops
 
 from cosam_nn import plots
 from cosam_nn.fileio import write_text_atomic
+from cosam_nn.image_geometry import geometry_mismatch
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.node_measures import node_diameters
 
@@ -85,9 +86,9 @@ def _read(path, what):
 
 def _load_case(image_path, pred_path, probs_path):
     image, pred = _read(image_path, "image"), _read(pred_path, "prediction")
-    if image.GetSize() != pred.GetSize() or not np.allclose(image.GetSpacing(), pred.GetSpacing(), rtol=1e-4):
-        raise ReportError(f"{pred_path}: prediction size/spacing {pred.GetSize()}/{pred.GetSpacing()} does not match "
-                          f"the image {image.GetSize()}/{image.GetSpacing()}")
+    fault = geometry_mismatch(image, pred, "image", "prediction")
+    if fault:
+        raise ReportError(f"{pred_path}: does not match the image: {fault}")
     seg = sitk.GetArrayFromImage(pred)
     if not set(np.unique(seg).tolist()) <= {0, 1}:
         raise ReportError(f"{pred_path}: prediction is not binary (0 background, 1 node)")

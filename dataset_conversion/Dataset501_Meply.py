@@ -26,22 +26,11 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
 from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
+from cosam_nn.image_geometry import geometry_mismatch
 from cosam_nn.splits import split_cases
 
 FILE_ENDING = ".nii.gz"
 SPLIT_SEED = 12345
-
-
-def _geometry_mismatch(image, label):
-    """Name the first geometric property in which label differs from image, or None."""
-    if image.GetSize() != label.GetSize():
-        return f"image size {image.GetSize()} and label size {label.GetSize()} differ"
-    for what, a, b, tol in (("spacing", image.GetSpacing(), label.GetSpacing(), 1e-4),
-                            ("origin", image.GetOrigin(), label.GetOrigin(), 1e-3),
-                            ("direction", image.GetDirection(), label.GetDirection(), 1e-4)):
-        if not np.allclose(a, b, rtol=tol, atol=tol):
-            return f"image {what} {tuple(round(v, 4) for v in a)} and label {what} {tuple(round(v, 4) for v in b)} differ"
-    return None
 
 
 def check_case(name, image, label, warn):
@@ -52,7 +41,7 @@ def check_case(name, image, label, warn):
         raise ConversionError(f"case {name}: image must have one channel (CT)")
     if min(image.GetSize()) == 0:
         raise ConversionError(f"case {name}: image is empty")
-    fault = _geometry_mismatch(image, label)
+    fault = geometry_mismatch(image, label)
     if fault:
         raise ConversionError(f"case {name}: {fault}")
     voxels = sitk.GetArrayViewFromImage(image)

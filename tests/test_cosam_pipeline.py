@@ -1,5 +1,6 @@
 """CoSAM through nnU-Net's commands: train (with resume), predict with and without TTA, probabilities."""
 import glob
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import torch
 
 from conftest import make_planned_dataset, run_cli
 from cosam_nn.trainer_dir import trainer_dir
+from cosam_nn.trainers.CoSAMTrainer import voxel_matched_batch
 
 TRAINER = "CoSAMTrainerSmall"
 
@@ -35,6 +37,12 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     fold = os.path.join(out, "fold_0")
     log = _log(fold)
     assert "phase: pretrain" in log and "phase: joint" not in log and "Epoch 1" not in log
+    # the batch of windows holds about the voxels of the plans' batch of 3D patches
+    plans = json.load(open(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset512_Meply", "nnUNetPlans.json")))
+    planned = plans["configurations"]["3d_fullres"]
+    used = re.search(r"'batch_size': (\d+), 'patch_size': \[([0-9, ]+)\]", log)
+    patch = [int(v) for v in used.group(2).split(",")]
+    assert patch[0] == 9 and int(used.group(1)) == voxel_matched_batch(planned["batch_size"], planned["patch_size"], patch, 16)
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
 
     # a run killed after its last checkpoint resumes with --c where it stopped, in the right phase
@@ -52,6 +60,16 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     # our own checkpoint, just written; nnU-Net's format holds numpy objects, so not weights_only
     weights = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)["network_weights"]
     assert float(weights["score_threshold"]) == pytest.approx(float(picked.group(1)))
+
+    # --val reruns only the validation from checkpoint_final.pth; --npz keeps its probabilities
+    validation = os.path.join(fold, "validation")
+    shutil.rmtree(validation)
+    epochs_logged = _log(fold).count("Epoch ")
+    run_cli(["nnUNetv2_train", "512", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz"], env)
+    assert _log(fold).count("Epoch ") == epochs_logged  # nothing trained
+    cases = [f[: -len(".nii.gz")] for f in os.listdir(validation) if f.endswith(".nii.gz")]
+    assert cases and all(os.path.isfile(os.path.join(validation, c + ".npz")) for c in cases)
+    assert os.path.isfile(os.path.join(validation, "summary.json"))
 
     images_ts = os.path.join(nnunet_env["nnUNet_raw"], "Dataset512_Meply", "imagesTs")
     # a volume with fewer slices than the window (9)

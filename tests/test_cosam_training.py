@@ -12,8 +12,17 @@ from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.usam_baseline import USAMSegmenter
 from cosam_nn.training import _mask_targets, phase_for_epoch, training_losses, window_targets
-from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer, PolyLR, _param_group, window_patch
+from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer, PolyLR, _param_group, voxel_matched_batch, window_patch
 from cosam_nn.trainers import CoSAMTrainer_variants as variants
+
+
+def test_the_small_batch_holds_as_many_voxels_as_nnunets():
+    assert voxel_matched_batch(2, [32, 96, 96], [9, 96, 96], 16) == 7       # 64 slices -> 7 x 9 = 63
+    assert voxel_matched_batch(2, [64, 192, 192], [9, 128, 128], 16) == 16  # capped
+    assert voxel_matched_batch(2, [8, 96, 96], [9, 96, 96], 16) == 2        # never below the plans' batch
+    assert voxel_matched_batch(7, [9, 96, 96], [9, 96, 96], 16) == 7        # plans already windowed: unchanged
+    assert CoSAMTrainer.max_windows_per_batch is None and variants.CoSAMTrainerSmall.max_windows_per_batch == 16
+    assert variants.CoSAMTrainerSmall_noCCM.max_windows_per_batch == 16     # the ablation trains alike
 
 
 def test_window_patch_keeps_inplane_from_plans_within_bounds():
@@ -166,3 +175,30 @@ def test_training_turns_cudnn_autotuning_off(monkeypatch):
     CoSAMTrainer.on_train_start(object.__new__(CoSAMTrainer))
     assert torch.backends.cudnn.benchmark is False
     assert started == [True]  # nnU-Net's own start still runs
+
+
+def test_a_non_finite_loss_stops_training_with_the_parts_named():
+    from types import SimpleNamespace
+    from nnunetv2.utilities.helpers import dummy_context
+    class Network(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, data, labels, phase):
+            detector = self.weight * float(data.sum())
+            return {"loss": detector + 1.0, "detector": detector, "usam": torch.tensor(1.0)}
+
+    network = Network()
+    weight = network.weight
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    trainer = SimpleNamespace(device=torch.device("cpu"), optimizer=optimizer, network=network, grad_scaler=None,
+                              phase="pretrain", current_epoch=3, _iteration=7, _autocast=dummy_context)
+    batch = {"data": torch.full((1, 1, 5, 8, 8), 0.01), "target": torch.zeros(1, 1, 5, 8, 8)}
+    CoSAMTrainer.train_step(trainer, batch)  # finite: a step is taken
+    stepped = float(weight.detach())
+    assert trainer._iteration == 8 and stepped == pytest.approx(1.0 - 0.1 * 3.2)
+    batch["data"][0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"epoch 3, iteration 8 \(pretrain phase\): loss nan, detector nan, usam 1"):
+        CoSAMTrainer.train_step(trainer, batch)
+    assert float(weight.detach()) == stepped and trainer._iteration == 8  # no step was taken

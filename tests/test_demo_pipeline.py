@@ -12,5 +12,8 @@ def test_steps_record_time_and_peak_memory_and_stop_on_failure(tmp_path):
 
 
 def test_dice_table_mean_leaves_out_cases_without_nodes():
-    table = dice_table({"a": (10, 10, 0.5), "b": (0, 0, float("nan")), "c": (4, 0, 0.0)})
+    def case(ref, pred, dice):
+        return {"reference_voxels": ref, "predicted_voxels": pred, "dice": dice}
+    table = dice_table({"a": case(10, 10, 0.5), "b": case(0, 0, None), "c": case(4, 0, 0.0)})
     assert "mean         Dice 0.250 over 2 case(s)" in table
+    assert "b            reference voxels      0  predicted      0  Dice -" in table

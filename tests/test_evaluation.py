@@ -73,6 +73,7 @@ def test_hand_worked_case_with_probabilities(tmp_path, capsys):
     assert by_size["5-10 mm"] == {"nodes": 1, "sensitivity": 1.0}
     assert by_size["> 10 mm"]["nodes"] == 0
     assert s["per_case"]["a"]["nodes_found"] == 2
+    assert (s["per_case"]["a"]["reference_voxels"], s["per_case"]["a"]["predicted_voxels"]) == (54, 59)
     assert "mean foreground probability" in s["detection_scores"]
     assert "AP50 per slice" in open(tmp_path / "out" / "summary.md").read()
     assert "FROC score" in capsys.readouterr().out
@@ -112,7 +113,7 @@ def test_a_detection_matches_one_reference_only():
 
 
 @pytest.mark.parametrize("fault,message", [
-    ("spacing", "case a: prediction spacing"),
+    ("spacing", "case a: reference spacing (1.0, 1.0, 1.0) and prediction spacing (1.0, 1.0, 2.0) differ"),
     ("missing_pred", "case b: no prediction"),
     ("missing_ref", "case c: prediction has no reference"),
     ("non_binary", "case a: prediction is not binary"),

@@ -59,6 +59,15 @@ def window_patch(patch_size, window, max_inplane):
     return [window] + inplane
 
 
+def voxel_matched_batch(batch_size, planned_patch, patch, max_windows):
+    """Windows per batch holding about as many voxels as the plans' batch of 3D patches (at least the
+    plans' batch size, at most max_windows). A window of 9 slices is a fraction of nnU-Net's 3D patch:
+    at the plans' batch size a training step of CoSAM sees that fraction of the voxels (and nodes)
+    of nnU-Net's step, so at the same iterations it would learn from less data."""
+    ratio = float(np.prod(planned_patch)) / float(np.prod(patch))
+    return int(min(max_windows, max(batch_size, round(batch_size * ratio))))
+
+
 def _param_group(name):
     if name.startswith("detector."):
         return "detector"
@@ -78,12 +87,17 @@ class CoSAMTrainer(nnUNetTrainer):
     learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
     calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
     calibration_cases = 20               # validation cases the score threshold is picked on
+    max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         conf = plans["configurations"][configuration]
         if "patch_size" in conf:
-            conf["patch_size"] = window_patch(conf["patch_size"], self.window, self.max_inplane)
+            planned = conf["patch_size"]
+            conf["patch_size"] = window_patch(planned, self.window, self.max_inplane)
+            if self.max_windows_per_batch and "batch_size" in conf:
+                conf["batch_size"] = voxel_matched_batch(conf["batch_size"], planned, conf["patch_size"],
+                                                         self.max_windows_per_batch)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.weight_decay = 1e-4

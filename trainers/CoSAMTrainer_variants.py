@@ -15,6 +15,7 @@ class CoSAMTrainerSmall(CoSAMTrainer):
     cosam_size = "small"
     max_inplane = 128
     learning_rates = SMALL_LEARNING_RATES
+    max_windows_per_batch = 16  # as many voxels per step as nnU-Net's 3D batch (7 windows on 32 x 96 x 96)
 
 
 class CoSAMTrainer_noCCM(CoSAMTrainer):
