@@ -55,7 +55,8 @@ def main():
           f"trained {a.epochs} x {a.iters} iterations")
     for name, (summary, (hit, total, false), seconds) in results.items():
         scored = summary["cases"] - summary["cases_empty_reference_and_prediction"]
-        print(f"{name:<10} mean Dice {summary['dice_mean']:.3f} over {scored} test cases; nodes touched "
+        dice = "n/a" if summary["dice_mean"] is None else f"{summary['dice_mean']:.3f}"  # every case empty
+        print(f"{name:<10} mean Dice {dice} over {scored} test cases; nodes touched "
               f"{hit}/{total}; false-positive components {false}; training + validation {seconds:.0f} s")
 
 

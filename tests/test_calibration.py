@@ -80,7 +80,7 @@ def test_the_threshold_travels_with_the_weights():
     assert fresh.threshold == 0.5
 
 
-def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes():
+def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes(monkeypatch):
     """on_train_end calibrates before checkpoint_final.pth is written: an empty validation list
     (a hand-made splits file) must not lose the finished training."""
     from types import SimpleNamespace
@@ -93,3 +93,10 @@ def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes():
     CoSAMTrainer.calibrate_score_threshold(trainer)
     assert model.threshold == 0.5
     assert logged and "no validation cases" in logged[0]
+    # under DDP rank 0 still reaches the broadcast the other ranks wait in
+    import cosam_nn.trainers.CoSAMTrainer as module
+    sent = []
+    trainer.is_ddp, trainer.network = True, SimpleNamespace(module=model)
+    monkeypatch.setattr(module.dist, "broadcast", lambda tensor, src: sent.append((float(tensor), src)))
+    CoSAMTrainer.calibrate_score_threshold(trainer)
+    assert sent == [(0.5, 0)]

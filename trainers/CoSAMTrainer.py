@@ -215,22 +215,25 @@ class CoSAMTrainer(nnUNetTrainer):
         model = self.network.module if self.is_ddp else self.network
         if self.local_rank == 0:
             keys = self.do_split()[1][: self.calibration_cases]
-            if not keys:
+            if keys:
+                self._pick_score_threshold(model, keys)
+            else:  # no early return: under DDP the other ranks wait in the broadcast below
                 self.print_to_log_file(f"no validation cases in this fold: score threshold kept at "
                                        f"{float(model.score_threshold):g}")
-                return
-            dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
-                                         folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-            model.eval()
-            with self._autocast():
-                best, dice = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
-                                       self.configuration_manager.patch_size, self.calibration_thresholds)
-            model.score_threshold.fill_(best)
-            table = ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items())
-            self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
-                                   f"(mean Dice by threshold: {table})")
         if self.is_ddp:
             dist.broadcast(model.score_threshold, 0)
+
+    def _pick_score_threshold(self, model, keys):
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
+                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+        model.eval()
+        with self._autocast():
+            best, dice = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
+                                   self.configuration_manager.patch_size, self.calibration_thresholds)
+        model.score_threshold.fill_(best)
+        table = ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items())
+        self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
+                               f"(mean Dice by threshold: {table})")
 
     def _calibration_case(self, dataset, key):
         data, seg, _, _ = dataset.load_case(key)
