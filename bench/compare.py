@@ -1,43 +1,52 @@
-"""CoSAM against nnU-Net's own network at the same training budget, on a fixed synthetic benchmark.
+"""CoSAM against nnU-Net's own network on a fixed synthetic benchmark: equal iterations, equal
+minutes, learning curves, each metric with a bootstrap interval over the test cases.
 
-    python bench/compare.py [--quick] [--work bench_work/compare] [-tr ROW ...] [--keep] [--repeats N]
+    python bench/compare.py [--quick] [--work bench_work/compare] [-tr ROW ...] [--seed S] [--repeats N]
+                            [--minutes M|auto|0] [--long F] [--keep]
 
-One run: generate (fixed seed) -> convert -> plan once; for each trainer train the same number of
-iterations (wall time and peak memory recorded), predict the held-out test cases, evaluate with
-cosam_evaluate; then one table (JSON and Markdown, in the work folder and printed) with the ratios
-of each row to nnU-Net's 3D network. compare.json is rewritten after every row; with --keep, the rows
-of an earlier run of the same settings in the same work folder that -tr does not list stay in the
-table (each row records its own date), so one row can be rerun without the hour of the others. --quick: about 6 minutes (3 test cases); the default: about 50 minutes on 2 CPU cores (10 test
-cases, 320 iterations per trainer; nnU-Net's 3D network takes most of it at about 5 s per iteration).
+Data: synthetic cases (fixed seed) -> cosam_convert_meply -> nnUNetv2_plan_and_preprocess, with a
+large test split (only predicted, so cheap) of which a fixed share is node-free.
+Budgets, each row trained from scratch for each (seeds S, S+1, ... for --repeats):
+- iterations: every row EPOCHS x ITERS iterations;
+- minutes: every row M minutes of training (epoch time measured, not wall time of the process): the
+  number of epochs comes from a timed warm-up of 2 epochs; with `auto` (default) M is the first
+  row's training time at equal iterations, so that row's equal-iteration run is also its
+  equal-minute run. Snapshots along these runs give the learning curves (test-set metric against
+  training seconds); --long F adds a run of the first row at F times the iterations (curve only).
+Every model predicts the test cases (no TTA) and is scored by cosam_evaluate's metrics; intervals are
+95% bootstrap intervals over test cases, differences to the first row paired on the same draws,
+and a row's verdict ("ahead", "level", "behind") says whether that interval excludes zero.
+Each run is saved in runs.json as it ends; --keep reuses the finished runs of the same settings, so
+an interrupted benchmark resumes. Writes compare.json, compare.md, curves.csv and curves.png.
+--quick: about 8 minutes; the default: about 85 minutes on 2 CPU cores.
 """
 import argparse
+import csv
+import io
 import json
 import os
 import platform
 import re
 import shutil
+import sys
 import time
 
+from cosam_nn.bootstrap import METRICS, case_record, compare
 from cosam_nn.demo import Pipeline
 from cosam_nn.evaluation import evaluate_folders
+from cosam_nn.fileio import write_text_atomic
 
 BASELINE = "nnUNetTrainerBudget 3d_fullres"
-ROWS = (BASELINE, "nnUNetTrainerBudget 2d", "CoSAMTrainerSmall", "CoSAMTrainerSmall_noCCM", "USAMTrainerSmall")
-SETTINGS = {  # cases (about 20% held out), shape, epochs, iterations per epoch
-    "quick": dict(cases=16, shape=(32, 96, 96), epochs=2, iters=10),
-    "full": dict(cases=48, shape=(32, 96, 96), epochs=8, iters=40),
+DEFAULT_ROWS = (BASELINE, "CoSAMTrainerSmall")
+SEED_DATA = 2026
+SETTINGS = {  # training cases, test cases, node-free share of the test cases, shape, epochs x iterations
+    "quick": dict(train_cases=12, test_cases=6, test_node_free=0.2, shape=(32, 96, 96), epochs=2, iters=10,
+                  fractions=(0.5,)),
+    "full": dict(train_cases=38, test_cases=60, test_node_free=0.2, shape=(32, 96, 96), epochs=8, iters=40,
+                 fractions=(1 / 8, 1 / 4, 1 / 2)),
 }
-COLUMNS = (("dice", "Dice"), ("iou", "IoU"), ("pooled_dice", "pooled slice Dice"), ("ap10", "AP@0.1"),
-           ("ap50_2d", "2D AP50"), ("froc", "FROC score"), ("sens_small", "sens. < 5 mm"),
-           ("s_per_iter", "train s/iter"), ("s_per_case", "predict s/case"),
-           ("train_peak_mib", "train peak MiB"), ("predict_peak_mib", "predict peak MiB"))
-
-
-def _epoch_seconds(model_folder):
-    """Sum of nnU-Net's 'Epoch time' lines of fold 0 (training iterations and validation of each epoch)."""
-    fold = os.path.join(model_folder, "fold_0")
-    text = "".join(open(os.path.join(fold, f)).read() for f in os.listdir(fold) if f.startswith("training_log"))
-    return sum(float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", text))
+METRIC_NAMES = {"dice": "Dice", "froc": "FROC score", "ap10": "AP@0.1", "sens_small": "sens. < 5 mm"}
+WARMUP_EPOCHS = 2
 
 
 def parse_row(row):
@@ -46,117 +55,289 @@ def parse_row(row):
     return trainer, configuration or "3d_fullres"
 
 
-def run_trainer(pipe, row, epochs, iters):
-    trainer, configuration = parse_row(row)
-    model = os.path.join(pipe.env["nnUNet_results"], os.path.basename(pipe.raw), f"{trainer}__nnUNetPlans__{configuration}")
-    shutil.rmtree(model, ignore_errors=True)  # a rerun starts afresh (and its epoch times are its own)
-    pipe.train(trainer, epochs, iters, val_iters=1, configuration=configuration)
-    train_peak = pipe.last_peak_mib
-    pred = os.path.join(pipe.work, f"pred_{trainer}_{configuration}")
-    seconds = pipe.predict(trainer, pred, probabilities=True, configuration=configuration)
-    predict_peak = pipe.last_peak_mib
-    summary, _ = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, use_probs=True, log=lambda *_: None)
-    n_test = summary["cases"]
-    return {"dice": summary["dice_mean"], "iou": summary["iou_mean"], "pooled_dice": summary["pooled_slice_dice"],
-            "ap10": summary["ap"]["0.1"], "ap50_2d": summary["ap50_2d_per_slice"], "froc": summary["froc_score"],
-            "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
-            "s_per_iter": _epoch_seconds(model) / (epochs * iters),
-            "s_per_case": seconds / n_test, "train_peak_mib": train_peak, "predict_peak_mib": predict_peak}
+def epoch_seconds(model_folder):
+    """nnU-Net's 'Epoch time' of each epoch of fold 0 (training iterations and validation), in order."""
+    fold = os.path.join(model_folder, "fold_0")
+    logs = sorted(f for f in os.listdir(fold) if f.startswith("training_log"))
+    text = "".join(open(os.path.join(fold, f)).read() for f in logs)
+    return [float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", text)]
 
 
-def mean_of_runs(runs):
-    """One row from N runs of a trainer: the mean of each column (None where any run has None),
-    the runs kept under 'runs' (the table lists each run's Dice and FROC score)."""
-    row = {}
-    for key, _ in COLUMNS:
-        values = [r[key] for r in runs]
-        row[key] = None if any(v is None for v in values) else sum(values) / len(values)
-    row["runs"] = runs
-    return row
+def snapshot_epochs(epochs, fractions):
+    """The epoch counts at the given fractions of a run (each at least 1, below `epochs`, no repeats)."""
+    return sorted({max(1, round(epochs * f)) for f in fractions} - {epochs})
 
 
-def _fmt(v):
-    return "n/a" if v is None else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+class Bench:
+    """The work folder: data, one nnU-Net results folder per run, runs.json."""
+
+    def __init__(self, work, cfg, settings, keep):
+        self.pipe = Pipeline(work, log=lambda *_: None)
+        self.cfg, self.settings = cfg, settings
+        self.runs_path = os.path.join(self.pipe.work, "runs.json")
+        self.runs = self._earlier_runs() if keep else {}
+
+    def _earlier_runs(self):
+        if not os.path.isfile(self.runs_path):
+            return {}
+        with open(self.runs_path) as f:
+            saved = json.load(f)
+        return saved["runs"] if saved.get("settings") == self.settings else {}
+
+    def prepare(self, configurations):
+        raw_ready = os.path.isdir(os.path.join(self.pipe.raw, "labelsTs"))
+        planned = all(os.path.isdir(os.path.join(self.pipe.env["nnUNet_preprocessed"], os.path.basename(self.pipe.raw),
+                                                 f"nnUNetPlans_{c}")) for c in configurations)
+        if self.runs and raw_ready and planned:
+            return
+        self.runs = {}  # prepare() starts the work folder afresh
+        cfg = self.cfg
+        self.pipe.prepare(cfg["train_cases"] + cfg["test_cases"], cfg["shape"], seed=SEED_DATA,
+                          configurations=configurations,
+                          synthetic_options=["--test-cases", str(cfg["test_cases"]),
+                                             "--test-node-free", str(cfg["test_node_free"])])
+
+    def save(self):
+        write_text_atomic(self.runs_path, json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))
+
+    def train(self, run_id, row, epochs, seed, snapshots=()):
+        """Train one run in its own nnUNet_results folder; returns that model folder."""
+        trainer, configuration = parse_row(row)
+        results = os.path.join(self.pipe.work, "results", run_id)
+        shutil.rmtree(results, ignore_errors=True)
+        self.pipe.env["nnUNet_results"] = results
+        self.pipe.train(trainer, epochs, self.cfg["iters"], val_iters=1, configuration=configuration, seed=seed,
+                        snapshots=snapshots)
+        return os.path.join(results, os.path.basename(self.pipe.raw), f"{trainer}__nnUNetPlans__{configuration}")
+
+    def evaluate(self, run_id, row, checkpoint):
+        """Predict the test cases with one checkpoint of a run and score them."""
+        trainer, configuration = parse_row(row)
+        self.pipe.env["nnUNet_results"] = os.path.join(self.pipe.work, "results", run_id)
+        pred = os.path.join(self.pipe.work, "predictions", run_id, checkpoint.replace(".pth", ""))
+        shutil.rmtree(pred, ignore_errors=True)
+        seconds = self.pipe.predict(trainer, pred, probabilities=True, configuration=configuration, checkpoint=checkpoint)
+        peak = self.pipe.last_peak_mib
+        summary, results = evaluate_folders(os.path.join(self.pipe.raw, "labelsTs"), pred, use_probs=True,
+                                            log=lambda *_: None)
+        return {"predict_s_per_case": seconds / summary["cases"], "predict_peak_mib": peak,
+                "cases": {case: case_record(r) for case, r in results.items()},
+                "summary": {"dice": summary["dice_mean"], "froc": summary["froc_score"], "ap10": summary["ap"]["0.1"],
+                            "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
+                            "pooled_dice": summary["pooled_slice_dice"]}}
+
+    def run(self, run_id, row, epochs, seed, budget, fractions=()):
+        """Train (unless runs.json has it), evaluate the final model and the snapshots at `fractions`."""
+        if run_id in self.runs:
+            print(f"  {run_id}: kept from an earlier run ({self.runs[run_id]['date']})", flush=True)
+            return self.runs[run_id]
+        print(f"  {run_id}: {epochs} x {self.cfg['iters']} iterations, seed {seed} ...", flush=True)
+        snapshots = snapshot_epochs(epochs, fractions)
+        model = self.train(run_id, row, epochs, seed, snapshots)
+        train_peak = self.pipe.last_peak_mib
+        seconds = epoch_seconds(model)
+        if len(seconds) != epochs:
+            sys.exit(f"compare: {run_id}: the training log shows {len(seconds)} epochs, expected {epochs}")
+        points = []
+        for e in snapshots + [epochs]:
+            point = self.evaluate(run_id, row, "checkpoint_final.pth" if e == epochs else f"checkpoint_epoch{e}.pth")
+            points.append(dict(point, epochs=e, iterations=e * self.cfg["iters"], train_seconds=sum(seconds[:e])))
+        run = {"row": row, "budget": budget, "seed": seed, "epochs": epochs, "iters": self.cfg["iters"],
+               "epoch_seconds": seconds, "train_peak_mib": train_peak, "points": points,
+               "date": time.strftime("%Y-%m-%d %H:%M")}
+        self.runs[run_id] = run
+        self.save()
+        final = points[-1]["summary"]
+        print(f"  {run_id}: Dice {_fmt(final['dice'])}, FROC {_fmt(final['froc'])}, "
+              f"{sum(seconds):.0f} s of training", flush=True)
+        return run
+
+    def warmup_epoch_seconds(self, row, seed):
+        """Seconds of one epoch of `row` at this benchmark's iterations per epoch (the second of a
+        short run: the first carries start-up costs)."""
+        run_id = f"warmup_{row.replace(' ', '_')}"
+        key = run_id
+        if key not in self.runs:
+            model = self.train(run_id, row, WARMUP_EPOCHS, seed)
+            self.runs[key] = {"epoch_seconds": epoch_seconds(model), "date": time.strftime("%Y-%m-%d %H:%M")}
+            shutil.rmtree(os.path.join(self.pipe.work, "results", run_id), ignore_errors=True)
+            self.save()
+        return self.runs[key]["epoch_seconds"][-1]
 
 
-def markdown(rows, header):
-    base = rows.get(BASELINE, {})
-    lines = [header, "", "| trainer | " + " | ".join(name for _, name in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
-    for trainer, row in rows.items():
-        lines.append(f"| {trainer} | " + " | ".join(_fmt(row[k]) for k, _ in COLUMNS) + " |")
-        if trainer != BASELINE and base:
-            ratio = [(row[k] / base[k]) if row[k] is not None and base.get(k) else None for k, _ in COLUMNS]
-            lines.append(f"| ratio to nnU-Net | " + " | ".join(_fmt(r) for r in ratio) + " |")
-    repeated = [(t, r["runs"]) for t, r in rows.items() if len(r.get("runs", [])) > 1]
-    if repeated:
-        lines.append("")
-    for trainer, runs in repeated:
-        lines.append(f"- {trainer}: Dice of each run " + ", ".join(_fmt(r["dice"]) for r in runs)
-                     + "; FROC score " + ", ".join(_fmt(r["froc"]) for r in runs))
-    return "\n".join(lines)
+def _fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def _earlier_rows(path, settings):
-    """Rows of an earlier compare.json in the work folder made with the same settings, else {}."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        earlier = json.load(f)
-    return earlier.get("rows", {}) if earlier.get("settings") == settings else {}
+def _cell(stat):
+    lo, hi = stat["interval"]
+    return f"{_fmt(stat['value'])} [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else _fmt(stat["value"])
 
 
-def _write(work, header, settings, rows):
-    """compare.json and compare.md (rows in ROWS order), each through a temporary file."""
-    rows = {r: rows[r] for r in sorted(rows, key=lambda r: ROWS.index(r) if r in ROWS else len(ROWS))}
-    for name, text in (("compare.json", json.dumps({"header": header, "settings": settings, "rows": rows}, indent=2)),
-                       ("compare.md", markdown(rows, header) + "\n")):
-        tmp = os.path.join(work, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(work, name))
+def test_set_counts(run):
+    """Nodes, nodes under 5 mm and node-free cases of the test set, from one evaluated run."""
+    cases = run["points"][-1]["cases"]
+    axes = [a for c in cases.values() for a in c["short_axes_mm"]]
+    return {"cases": len(cases), "nodes": len(axes), "small_nodes": sum(a < 5.0 for a in axes),
+            "node_free_cases": sum(1 for c in cases.values() if not c["short_axes_mm"])}
+
+
+def budget_table(title, runs_by_row, baseline, draws):
+    """Markdown table of one budget: each row's metrics with intervals, and each row's difference to
+    the baseline with its paired interval and verdict."""
+    stats = compare({row: [r["points"][-1]["cases"] for r in runs] for row, runs in runs_by_row.items()},
+                    baseline=baseline, draws=draws)
+    head = "| row | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | iterations | train s | s/iter | predict s/case | train peak MiB |"
+    lines = [f"### {title}", "", head, "|---" * (len(METRICS) + 6) + "|"]
+    for row, runs in runs_by_row.items():
+        s = stats["rows"][row]
+        iterations = sum(r["epochs"] * r["iters"] for r in runs) / len(runs)
+        train_s = sum(sum(r["epoch_seconds"]) for r in runs) / len(runs)
+        predict = sum(r["points"][-1]["predict_s_per_case"] for r in runs) / len(runs)
+        peak = max(r["train_peak_mib"] for r in runs)
+        lines.append(f"| {row} | " + " | ".join(_cell(s[m]) for m in METRICS)
+                     + f" | {iterations:.0f} | {train_s:.0f} | {train_s / iterations:.2f} | {predict:.2f} | {peak:.0f} |")
+        if "difference" in s:
+            d = s["difference"]
+            lines.append(f"| {row} - {baseline} | " + " | ".join(f"{_cell(d[m])} **{d[m]['verdict']}**" for m in METRICS)
+                         + " | | | | | |")
+    for row, runs in runs_by_row.items():
+        if len(runs) > 1:
+            s = stats["rows"][row]
+            lines.append(f"\n{row}, each run (seed): " + "; ".join(
+                f"{METRIC_NAMES[m]} " + ", ".join(_fmt(v) for v in s[m]["runs"]) for m in METRICS))
+    return "\n".join(lines), stats
+
+
+def curve_rows(runs, draws):
+    """One CSV row per evaluated checkpoint of the runs that trace curves, with intervals."""
+    out = []
+    for run_id, run in runs.items():
+        if "points" not in run or run["budget"] == "iterations" and len(run["points"]) == 1:
+            continue
+        for p in run["points"]:
+            s = compare({run["row"]: [p["cases"]]}, draws=draws)["rows"][run["row"]]
+            row = {"row": run["row"], "run": run_id, "budget": run["budget"], "seed": run["seed"], "epochs": p["epochs"],
+                   "iterations": p["iterations"], "train_seconds": round(p["train_seconds"], 1)}
+            for m in METRICS:
+                lo, hi = s[m]["interval"]
+                row.update({m: s[m]["value"], f"{m}_lo": lo, f"{m}_hi": hi})
+            out.append(row)
+    return out
+
+
+def write_curves(work, rows):
+    if not rows:
+        return []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(os.path.join(work, "curves.csv"), buf.getvalue())
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("dice", "froc")):
+        for run_id in dict.fromkeys(r["run"] for r in rows):
+            pts = sorted((r for r in rows if r["run"] == run_id), key=lambda r: r["train_seconds"])
+            x = [p["train_seconds"] for p in pts]
+            y = [p[metric] if p[metric] is not None else float("nan") for p in pts]
+            line, = ax.plot(x, y, marker="o", label=run_id)
+            lo = [p[f"{metric}_lo"] if p[f"{metric}_lo"] is not None else float("nan") for p in pts]
+            hi = [p[f"{metric}_hi"] if p[f"{metric}_hi"] is not None else float("nan") for p in pts]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("training seconds (sum of epoch times)")
+        ax.set_ylabel(METRIC_NAMES[metric] + " on the test set")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    png = os.path.join(work, "curves.png")
+    fig.savefig(png + ".tmp.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(png + ".tmp.png", png)
+    return [os.path.join(work, "curves.csv"), png]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a few minutes instead of about an hour")
+    p.add_argument("--quick", action="store_true", help="about 8 minutes instead of about 85")
     p.add_argument("--work", default="bench_work/compare")
-    p.add_argument("-tr", nargs="+", default=list(ROWS), dest="trainers",
-                   help="rows as 'TRAINER [CONFIGURATION]' (default: all; configuration 3d_fullres unless given)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="train and evaluate each row N times; the table shows the means (training is not seeded)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the rows of an earlier run of the same settings in --work that -tr does not list")
+    p.add_argument("-tr", nargs="+", default=list(DEFAULT_ROWS), dest="rows",
+                   help=f"rows as 'TRAINER [CONFIGURATION]', the first is the baseline (default: {' / '.join(DEFAULT_ROWS)})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first training of each row (COSAM_SEED)")
+    p.add_argument("--repeats", type=int, default=1, help="trainings of each row per budget, seeds SEED, SEED+1, ...")
+    p.add_argument("--minutes", default="auto",
+                   help="equal-minutes budget: minutes of training per row, 'auto' (the first row's time at equal "
+                        "iterations) or 0 (skip)")
+    p.add_argument("--long", type=float, default=0.0, metavar="F",
+                   help="also train the first row for F times the iterations (learning curve only)")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
+    p.add_argument("--keep", action="store_true", help="reuse the finished runs of the same settings in --work")
     a = p.parse_args()
-    if a.repeats < 1:
-        p.error("--repeats must be at least 1")
+    if a.repeats < 1 or a.draws < 100:
+        p.error("--repeats must be at least 1 and --draws at least 100")
+    if a.minutes != "auto":
+        try:
+            minutes = float(a.minutes)
+        except ValueError:
+            p.error(f"--minutes {a.minutes!r}: a number, 'auto' or 0")
+        if minutes < 0:
+            p.error("--minutes must not be negative")
     mode = "quick" if a.quick else "full"
     cfg = SETTINGS[mode]
-    settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), seed=2026)
-    pipe = Pipeline(a.work, log=lambda *_: None)
-    configurations = sorted({parse_row(r)[1] for r in a.trainers})
-    earlier = _earlier_rows(os.path.join(pipe.work, "compare.json"), settings) if a.keep else {}
-    planned = all(os.path.isdir(os.path.join(pipe.env["nnUNet_preprocessed"], os.path.basename(pipe.raw), f"nnUNetPlans_{c}"))
-                  for c in configurations)
-    if not (earlier and planned):  # prepare() starts the work folder afresh: earlier models and rows go
-        earlier = {}
-        pipe.prepare(cfg["cases"], cfg["shape"], seed=2026, configurations=configurations)
-    n_test = len(os.listdir(os.path.join(pipe.raw, "labelsTs")))
-    header = (f"{mode} benchmark, {platform.node()} ({os.cpu_count()} CPUs): {cfg['cases']} synthetic cases "
-              f"{cfg['shape']} (seed 2026), {n_test} held out; every row {cfg['epochs']} x {cfg['iters']} iterations "
-              f"of its trainer and nnU-Net configuration (3d_fullres unless named), prediction without TTA; "
-              f"{'each row the mean of its runs; ' if a.repeats > 1 else ''}"
-              f"rows run on {{dates}}")
-    rows = {r: v for r, v in earlier.items() if r not in a.trainers}
-    for i, trainer in enumerate(a.trainers):
-        print(f"[{i + 1}/{len(a.trainers)}] {trainer} ...", flush=True)
-        runs = []
-        for _ in range(a.repeats):
-            runs.append(dict(run_trainer(pipe, trainer, cfg["epochs"], cfg["iters"]), date=time.strftime("%Y-%m-%d %H:%M")))
-        rows[trainer] = dict(mean_of_runs(runs), date=runs[-1]["date"])
-        dates = ", ".join(sorted({v.get("date", "?")[:10] for v in rows.values()}))
-        _write(pipe.work, header.format(dates=dates), settings, rows)
-    print(open(os.path.join(pipe.work, "compare.md")).read())
+    settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), fractions=list(cfg["fractions"]), data_seed=SEED_DATA)
+    bench = Bench(a.work, cfg, settings, a.keep)
+    baseline, seeds = a.rows[0], [a.seed + r for r in range(a.repeats)]
+    bench.prepare(sorted({parse_row(r)[1] for r in a.rows}))
+
+    print(f"equal iterations: {cfg['epochs']} x {cfg['iters']}", flush=True)
+    iteration_runs = {row: [bench.run(f"{row.replace(' ', '_')}_it{cfg['epochs']}x{cfg['iters']}_s{s}", row,
+                                      cfg["epochs"], s, "iterations",
+                                      cfg["fractions"] if (row == baseline and a.minutes == "auto") else ())
+                            for s in seeds] for row in a.rows}
+    base_seconds = sum(sum(r["epoch_seconds"]) for r in iteration_runs[baseline]) / len(seeds)
+    minutes = base_seconds / 60 if a.minutes == "auto" else float(a.minutes)
+    minute_runs = {}
+    if minutes > 0:
+        print(f"equal minutes: {minutes:.1f} min of training per row", flush=True)
+        for row in a.rows:
+            if row == baseline and a.minutes == "auto":
+                minute_runs[row] = iteration_runs[row]
+                continue
+            minute_runs[row] = []
+            epochs = max(1, round(minutes * 60 / bench.warmup_epoch_seconds(row, seeds[0])))
+            for s in seeds:
+                minute_runs[row].append(bench.run(f"{row.replace(' ', '_')}_min{minutes:.1f}_e{epochs}_s{s}", row,
+                                                  epochs, s, "minutes", cfg["fractions"]))
+    if a.long > 0:
+        epochs = max(1, round(cfg["epochs"] * a.long))
+        bench.run(f"{baseline.replace(' ', '_')}_long{epochs}x{cfg['iters']}_s{a.seed}", baseline, epochs, a.seed, "long",
+                  cfg["fractions"] + (cfg["epochs"] / epochs,))
+
+    counts = test_set_counts(iteration_runs[baseline][0])
+    dates = sorted({r["date"][:10] for r in bench.runs.values()})
+    header = (f"{mode} benchmark, {platform.node()} ({os.cpu_count()} CPUs), runs of {', '.join(dates)}: "
+              f"{cfg['train_cases']} training cases and a test set of {counts['cases']} cases "
+              f"({counts['node_free_cases']} node-free) holding {counts['nodes']} metastatic nodes, "
+              f"{counts['small_nodes']} under 5 mm short axis; synthetic {list(cfg['shape'])}, data seed {SEED_DATA}; "
+              f"training seeds {', '.join(map(str, seeds))}; prediction without TTA. Values: on the whole test set "
+              f"(mean over runs), [95% bootstrap interval over test cases, {a.draws} draws]; differences paired.")
+    text, it_stats = budget_table(f"Equal iterations ({cfg['epochs']} x {cfg['iters']})", iteration_runs, baseline, a.draws)
+    tables, stats = [header, "", text], {"iterations": it_stats}
+    if minute_runs:
+        text, stats["minutes"] = budget_table(f"Equal minutes ({minutes:.1f} min of training each)", minute_runs,
+                                              baseline, a.draws)
+        tables += ["", text]
+    files = write_curves(bench.pipe.work, curve_rows(bench.runs, a.draws))
+    if files:
+        tables += ["", f"Learning curves: {', '.join(files)}"]
+    markdown = "\n".join(tables) + "\n"
+    write_text_atomic(os.path.join(bench.pipe.work, "compare.md"), markdown)
+    write_text_atomic(os.path.join(bench.pipe.work, "compare.json"),
+                      json.dumps({"header": header, "settings": settings, "counts": counts, "minutes": minutes,
+                                  "stats": stats}, indent=2))
+    print(markdown)
 
 
 if __name__ == "__main__":

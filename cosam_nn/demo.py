@@ -49,26 +49,32 @@ class Pipeline:
         self.log(f"--- {title}: {seconds:.0f} s")
         return seconds
 
-    def prepare(self, cases, shape, seed=0, configurations=("3d_fullres",)):
+    def prepare(self, cases, shape, seed=0, configurations=("3d_fullres",), synthetic_options=()):
         if os.path.exists(self.work):
             shutil.rmtree(self.work)
         os.makedirs(self.work)
         syn = os.path.join(self.work, "synthetic")
         self.run("synthetic Meply-like CT", ["cosam_make_synthetic", syn, "--cases", str(cases), "--seed", str(seed),
-                                             "--shape", *map(str, shape)])
+                                             "--shape", *map(str, shape), *synthetic_options])
         self.run("convert to nnU-Net raw", ["cosam_convert_meply", syn, "-d", self.did])
         self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", *configurations,
                                          "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"])
 
-    def train(self, trainer, epochs, iters, val_iters=2, fold=0, configuration="3d_fullres"):
+    def train(self, trainer, epochs, iters, val_iters=2, fold=0, configuration="3d_fullres", seed=None, snapshots=()):
+        """seed: COSAM_SEED; snapshots: epoch counts after which a checkpoint_epochN.pth is kept."""
         env = dict(self.env, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"),
-                   COSAM_EPOCHS=str(epochs), COSAM_ITERS=str(iters), COSAM_VAL_ITERS=str(val_iters))
+                   COSAM_EPOCHS=str(epochs), COSAM_ITERS=str(iters), COSAM_VAL_ITERS=str(val_iters),
+                   COSAM_SNAPSHOTS=",".join(map(str, snapshots)))
+        if seed is not None:
+            env["COSAM_SEED"] = str(seed)
         return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations)",
                         ["nnUNetv2_train", self.did, configuration, str(fold), "-tr", trainer, "-device", "cpu"], env)
 
-    def predict(self, trainer, out, tta=False, fold=0, probabilities=False, images=None, configuration="3d_fullres"):
+    def predict(self, trainer, out, tta=False, fold=0, probabilities=False, images=None, configuration="3d_fullres",
+                checkpoint=None):
         args = ["nnUNetv2_predict", "-i", images or os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
                 "-c", configuration, "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
+        args += ["-chk", checkpoint] if checkpoint else []
         args += ([] if tta else ["--disable_tta"]) + (["--save_probabilities"] if probabilities else [])
         return self.run(f"predict {'the test cases' if images is None else images} with {trainer}", args)
 

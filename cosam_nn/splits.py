@@ -4,9 +4,11 @@ import numpy as np
 TEST_FRACTION = 55 / 269
 
 
-def split_cases(names, seed):
-    """Return (train, test) lists, each in the order of `names`; at least one of each from 2 cases."""
-    n_test = int(round(len(names) * TEST_FRACTION))
+def split_cases(names, seed, n_test=None):
+    """Return (train, test) lists, each in the order of `names`; at least one of each from 2 cases.
+    n_test: the number of test cases (default: the paper's fraction)."""
+    if n_test is None:
+        n_test = int(round(len(names) * TEST_FRACTION))
     if len(names) >= 2:
         n_test = min(max(n_test, 1), len(names) - 1)
     order = np.random.default_rng(seed).permutation(len(names))

@@ -169,11 +169,12 @@ def _random_rotation(rng):
     return qm * np.sign(np.diag(r))
 
 
-def _place_nodes(cv, rect, side_wall, occupied, metastatic):
-    """Paint nodes; metastatic ones also go into the returned instance list."""
+def _place_nodes(cv, rect, side_wall, occupied, metastatic, count=None):
+    """Paint nodes (`count`, else a random number); metastatic ones also go into the returned list."""
     rng = cv.rng
-    count = rng.choice([0, 1, 2, 3, 4, 5, 6], p=[0.1, 0.2, 0.22, 0.2, 0.13, 0.1, 0.05]) if metastatic \
-        else rng.integers(3, 10)
+    if count is None:
+        count = rng.choice([0, 1, 2, 3, 4, 5, 6], p=[0.1, 0.2, 0.22, 0.2, 0.13, 0.1, 0.05]) if metastatic \
+            else rng.integers(3, 10)
     nodes = []
     for _ in range(count * 20):
         if len(nodes) == count:
@@ -223,8 +224,8 @@ def _node_centre(cv, rect, side_wall, diameter, lateral):
     return z, cy + dist * np.sin(angle), cx + dist * np.cos(angle)
 
 
-def make_case(shape, spacing, rng):
-    """One synthetic case.
+def make_case(shape, spacing, rng, node_free=False):
+    """One synthetic case; node_free: no metastatic node (benign nodes and distractors as usual).
 
     Returns img (Z, Y, X) int16 HU and instances (Z, Y, X) uint8: 0 background, 1..n one per
     metastatic node (benign nodes and distractors are 0).
@@ -234,7 +235,7 @@ def make_case(shape, spacing, rng):
     rect = _rectum(cv)
     side_wall = _distractors(cv, rect)
     occupied = np.zeros(shape, dtype=bool)
-    metastatic = _place_nodes(cv, rect, side_wall, occupied, metastatic=True)
+    metastatic = _place_nodes(cv, rect, side_wall, occupied, metastatic=True, count=0 if node_free else None)
     _place_nodes(cv, rect, side_wall, occupied, metastatic=False)
     instances = np.zeros(shape, dtype=np.uint8)
     for label_id, (sl, mask, _) in enumerate(metastatic, start=1):
@@ -262,15 +263,27 @@ def case_name(index):
     return f"synth{index:04d}"
 
 
-def generate(out, cases, seed, fmt="prln", shape=None, spacing=None, log=print):
-    """Write `cases` synthetic cases in layout `fmt` into the folder `out` (must not exist)."""
+def node_free_test_cases(test, fraction, seed):
+    """The test cases made node-free: round(fraction x len(test)) of them, a seeded choice."""
+    n = int(round(fraction * len(test)))
+    order = np.random.default_rng([seed, 2 ** 31]).permutation(len(test))  # no case draws this stream
+    return {test[i] for i in order[:n]}
+
+
+def generate(out, cases, seed, fmt="prln", shape=None, spacing=None, log=print, test_cases=None, test_node_free=0.0):
+    """Write `cases` synthetic cases in layout `fmt` into the folder `out` (must not exist).
+
+    test_cases: how many of them form the test split (default: the paper's fraction); test_node_free:
+    the fraction of test cases given no metastatic node (on top of the cases that draw none), so that
+    a benchmark's test set holds a known share of node-free scans."""
     shape = tuple(shape or DEFAULT_SHAPE[fmt])
     spacing = tuple(spacing or DEFAULT_SPACING[fmt])
     names = [case_name(i) for i in range(cases)]
-    train, test = split_cases(names, seed)
+    train, test = split_cases(names, seed, test_cases)
+    node_free = node_free_test_cases(test, test_node_free, seed)
     rows, splits = [], {k: [] for k in meply_layout.SPLIT_KEYS}
     for i, name in enumerate(names):
-        img, instances = make_case(shape, spacing, np.random.default_rng([seed, i]))
+        img, instances = make_case(shape, spacing, np.random.default_rng([seed, i]), node_free=name in node_free)
         if fmt == "prln":
             meply_layout.write_prln_case(out, name, img, spacing, (instances > 0).astype(np.uint8))
         else:
@@ -297,10 +310,18 @@ def main(argv=None):
                    help="volume shape (default prln 48 160 160, slabs 15 512 512)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel spacing in mm (default prln 1.25 0.7 0.7, slabs 0.625 0.625 0.625)")
+    p.add_argument("--test-cases", type=int, default=None,
+                   help="cases in the test split (default: the paper's 55 of 269, at least 1 of each split)")
+    p.add_argument("--test-node-free", type=float, default=0.0, metavar="FRACTION",
+                   help="fraction of the test cases made free of metastatic nodes (default 0: as drawn)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)
     if a.cases < 1:
         p.error("--cases must be at least 1")
+    if a.test_cases is not None and not 1 <= a.test_cases < a.cases:
+        p.error("--test-cases must be at least 1 and fewer than --cases")
+    if not 0.0 <= a.test_node_free <= 1.0:
+        p.error("--test-node-free must be a fraction between 0 and 1")
     if a.shape and min(a.shape) < 4:
         p.error("--shape: every size must be at least 4")
     if a.spacing and min(a.spacing) <= 0:
@@ -311,7 +332,8 @@ def main(argv=None):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".cosam_synth.", dir=parent)
     try:
-        generate(tmp, a.cases, a.seed, a.format, a.shape, a.spacing)
+        generate(tmp, a.cases, a.seed, a.format, a.shape, a.spacing, test_cases=a.test_cases,
+                 test_node_free=a.test_node_free)
         if os.path.exists(a.out):
             shutil.rmtree(a.out)
         os.chmod(tmp, 0o755)

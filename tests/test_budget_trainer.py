@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from cosam_nn.budget import apply_budget, read_budget
@@ -35,3 +37,40 @@ def test_trainer_found_through_nnunet_ext_trainer(monkeypatch):
     monkeypatch.delenv("nnUNet_extTrainer")
     with pytest.raises(RuntimeError):
         find_objects.recursive_find_trainer_class_by_name("nnUNetTrainerBudget")
+
+
+def test_seed_snapshots_and_checkpoint_interval_are_read():
+    from cosam_nn.budget import checkpoint_interval, read_seed, read_snapshots
+
+    assert read_seed({}) is None and read_seed({"COSAM_SEED": " 7 "}) == 7
+    assert read_snapshots({}) == set() and read_snapshots({"COSAM_SNAPSHOTS": "1, 4,2,"}) == {1, 2, 4}
+    for env in ({"COSAM_SEED": "x"}, {"COSAM_SEED": "-1"}, {"COSAM_SNAPSHOTS": "1,0"}, {"COSAM_SNAPSHOTS": "a"}):
+        with pytest.raises(ValueError, match=list(env)[0]):
+            read_seed(env) if "COSAM_SEED" in env else read_snapshots(env)
+    # a short budget still writes checkpoint_latest.pth: at least every tenth of the run
+    assert checkpoint_interval(8, 50) == 1 and checkpoint_interval(40, 50) == 4 and checkpoint_interval(1000, 50) == 50
+
+
+def test_snapshot_is_saved_after_its_epoch_with_the_epoch_to_resume_at(tmp_path):
+    from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
+
+    class Base:
+        def __init__(self):
+            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
+            self.save_every, self.current_epoch, self.output_folder, self.saved = 50, 0, str(tmp_path), []
+
+        def on_epoch_end(self):
+            self.current_epoch += 1
+
+        def save_checkpoint(self, filename):
+            self.saved.append((os.path.basename(filename), self.current_epoch + 1))  # as nnU-Net stores it
+
+    class Trainer(RunSettingsMixin, Base):
+        pass
+
+    t = Trainer()
+    t.apply_run_settings({"COSAM_EPOCHS": "4", "COSAM_SNAPSHOTS": "1,3", "COSAM_SEED": "5"})
+    assert t.num_epochs == 4 and t.save_every == 1 and t.seed == 5
+    for _ in range(4):
+        t.on_epoch_end()
+    assert t.saved == [("checkpoint_epoch1.pth", 1), ("checkpoint_epoch3.pth", 3)] and t.current_epoch == 4

@@ -31,7 +31,7 @@ def _same_geometry(a, b):
 def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     make_planned_dataset(tmp_path, nnunet_env, 512)
     env = dict(nnunet_env, nnUNet_n_proc_DA="0", nnUNet_extTrainer=trainer_dir(),
-               COSAM_EPOCHS="1", COSAM_ITERS="2", COSAM_VAL_ITERS="1")
+               COSAM_EPOCHS="1", COSAM_ITERS="2", COSAM_VAL_ITERS="1", COSAM_SNAPSHOTS="1")
     run_cli(["nnUNetv2_train", "512", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env)
     out = os.path.join(nnunet_env["nnUNet_results"], "Dataset512_Meply", f"{TRAINER}__nnUNetPlans__3d_fullres")
     fold = os.path.join(out, "fold_0")
@@ -44,6 +44,12 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     patch = [int(v) for v in used.group(2).split(",")]
     assert patch[0] == 9 and int(used.group(1)) == voxel_matched_batch(planned["batch_size"], planned["patch_size"], patch, 16)
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
+    # a snapshot is a usable model: its score threshold was calibrated before it was saved
+    assert _log(fold).count("score threshold") == 2  # the snapshot's and the final model's
+    snapshot = torch.load(os.path.join(fold, "checkpoint_epoch1.pth"), map_location="cpu", weights_only=False)
+    first_pick = re.search(r"score threshold ([0-9.]+), picked", _log(fold))
+    assert snapshot["current_epoch"] == 1
+    assert float(snapshot["network_weights"]["score_threshold"]) == pytest.approx(float(first_pick.group(1)))
 
     # a run killed after its last checkpoint resumes with --c where it stopped, in the right phase
     os.replace(os.path.join(fold, "checkpoint_final.pth"), os.path.join(fold, "checkpoint_latest.pth"))

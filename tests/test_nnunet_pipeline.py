@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from conftest import make_planned_dataset, run_cli
 from cosam_nn.trainer_dir import trainer_dir
@@ -21,10 +22,23 @@ def test_generate_convert_plan_train_predict(tmp_path, nnunet_env):
     assert len(os.listdir(os.path.join(pp, "nnUNetPlans_3d_fullres"))) >= n_train
 
     train_env = dict(nnunet_env, nnUNet_n_proc_DA="0", nnUNet_extTrainer=trainer_dir(),
-                     COSAM_EPOCHS="1", COSAM_ITERS="2", COSAM_VAL_ITERS="1")
+                     COSAM_EPOCHS="1", COSAM_ITERS="2", COSAM_VAL_ITERS="1", COSAM_SEED="3", COSAM_SNAPSHOTS="1")
     proc = run_cli(["nnUNetv2_train", "511", "3d_fullres", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu"], train_env)
     out = os.path.join(nnunet_env["nnUNet_results"], "Dataset511_Meply", "nnUNetTrainerBudget__nnUNetPlans__3d_fullres")
     assert os.path.isfile(os.path.join(out, "fold_0", "checkpoint_final.pth"))
+    # our own checkpoints, just written; nnU-Net's format holds numpy objects, so not weights_only
+    final = torch.load(os.path.join(out, "fold_0", "checkpoint_final.pth"), weights_only=False)
+    snapshot = torch.load(os.path.join(out, "fold_0", "checkpoint_epoch1.pth"), weights_only=False)
+    assert snapshot["current_epoch"] == 1
+    # the same seed trains the same weights; another seed other weights
+    for seed, same in (("3", True), ("4", False)):
+        other = str(tmp_path / f"results_seed{seed}")
+        run_cli(["nnUNetv2_train", "511", "3d_fullres", "0", "-tr", "nnUNetTrainerBudget", "-device", "cpu"],
+                dict(train_env, nnUNet_results=other, COSAM_SEED=seed, COSAM_SNAPSHOTS=""))
+        again = torch.load(os.path.join(other, "Dataset511_Meply", "nnUNetTrainerBudget__nnUNetPlans__3d_fullres",
+                                        "fold_0", "checkpoint_final.pth"), weights_only=False)
+        equal = all(torch.equal(v, again["network_weights"][k]) for k, v in final["network_weights"].items())
+        assert equal == same, f"seed {seed}"
     log = open([os.path.join(out, "fold_0", f) for f in os.listdir(os.path.join(out, "fold_0"))
                 if f.startswith("training_log")][0]).read()
     assert "Epoch 0" in log and "Epoch 1" not in log  # COSAM_EPOCHS=1 was honoured

@@ -97,3 +97,22 @@ def test_refuses_to_overwrite(tmp_path, capsys):
     assert e.value.code == 2
     assert "exists" in capsys.readouterr().err
     assert (out / "keep.txt").exists()
+
+
+def test_test_split_size_and_node_free_share(tmp_path):
+    out = str(tmp_path / "syn")
+    assert synth_main([out, "--cases", "12", "--seed", "3", "--shape", *map(str, SHAPE), "--test-cases", "5",
+                       "--test-node-free", "0.4"]) == 0
+    splits = json.load(open(os.path.join(out, meply_layout.PRLN_DIR, meply_layout.ANNOTATIONS_JSON)))
+    test = splits["test_normal"] + splits["test_both"]
+    assert len(test) == 5 and len(splits["train_normal"] + splits["train_both"]) == 7
+    assert len(splits["test_normal"]) >= 2  # 40% of 5 made node-free, more if a case drew no node
+    for case in splits["test_normal"]:
+        assert not meply_layout.read_prln_case(out, case)[2].any()
+
+
+@pytest.mark.parametrize("args", [["--test-cases", "4"], ["--test-cases", "0"], ["--test-node-free", "1.5"]])
+def test_bad_test_split_options_are_refused(tmp_path, args):
+    with pytest.raises(SystemExit):
+        synth_main([str(tmp_path / "syn"), "--cases", "4", *args])
+    assert not os.path.exists(tmp_path / "syn")

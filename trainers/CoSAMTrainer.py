@@ -27,12 +27,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from cosam_nn.budget import apply_budget
 from cosam_nn.calibration import calibrate
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
 from cosam_nn.training import phase_for_epoch
+from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
 
 SAM_CHECKPOINT_VARIABLE = "COSAM_SAM_CHECKPOINT"
 
@@ -78,7 +78,7 @@ def _param_group(name):
     return "ccm"
 
 
-class CoSAMTrainer(nnUNetTrainer):
+class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     cosam_size = "paper"                 # "paper" (ViT-B U-SAM, GPU) or "small" (CPU)
     window = 9                           # L, the paper's choice (Table 3)
     use_ccm = True
@@ -102,7 +102,7 @@ class CoSAMTrainer(nnUNetTrainer):
         self.enable_deep_supervision = False
         self.weight_decay = 1e-4
         self.oversample_foreground_percent = 0.66  # nodes are sparse: most windows should hold one
-        apply_budget(self)
+        self.apply_run_settings()
         self.phase = None
         self._iteration = 0
 
@@ -205,6 +205,11 @@ class CoSAMTrainer(nnUNetTrainer):
     def on_train_end(self):
         self.calibrate_score_threshold()
         super().on_train_end()  # saves checkpoint_final.pth, threshold included
+
+    def save_snapshot(self, epochs_done):
+        """A snapshot is a model as a user would get it had training stopped here: threshold calibrated."""
+        self.calibrate_score_threshold()
+        super().save_snapshot(epochs_done)
 
     def calibrate_score_threshold(self):
         """Pick the final-score threshold on up to `calibration_cases` of the fold's validation cases

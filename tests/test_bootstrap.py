@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from cosam_nn.bootstrap import compare, verdict
+
+
+def _case(dice, found, scores_tp, axes=None):
+    """A case record: node flags `found`, detections as (score, true positive) pairs."""
+    return {"dice": dice, "scores": [s for s, _ in scores_tp], "tp": [t for _, t in scores_tp],
+            "found": list(found), "short_axes_mm": list(axes if axes is not None else [4.0] * len(found))}
+
+
+def _run(n, good):
+    """n cases, one small node each; a good model finds it with a high score and no false positive, a
+    bad one scores a false positive above a hit in every other case and misses the rest."""
+    out = {}
+    for i in range(n):
+        if good:
+            out[f"c{i}"] = _case(0.8, [True], [(0.9, True)])
+        elif i % 2:
+            out[f"c{i}"] = _case(0.3, [True], [(0.9, False), (0.4, True)])
+        else:
+            out[f"c{i}"] = _case(0.0, [False], [(0.8, False)])
+    return out
+
+
+def test_clear_difference_is_a_verdict_and_intervals_hold_the_values():
+    stats = compare({"base": [_run(20, good=False)], "new": [_run(20, good=True)]}, baseline="base", draws=300)
+    new, base = stats["rows"]["new"], stats["rows"]["base"]
+    assert new["dice"]["value"] == pytest.approx(0.8) and base["dice"]["value"] == pytest.approx(0.15)
+    assert new["sens_small"]["value"] == 1.0 and base["sens_small"]["value"] == 0.5
+    for row in (new, base):
+        for m in ("dice", "froc", "ap10", "sens_small"):
+            lo, hi = row[m]["interval"]
+            assert lo <= row[m]["value"] <= hi
+    for m in ("dice", "froc", "ap10", "sens_small"):
+        assert new["difference"][m]["verdict"] == "ahead"
+    # the baseline's own difference is not listed; an identical row is level with an interval around 0
+    same = compare({"base": [_run(20, False)], "copy": [_run(20, False)]}, baseline="base", draws=300)
+    d = same["rows"]["copy"]["difference"]["dice"]
+    assert d["value"] == 0 and d["interval"] == (0.0, 0.0) and d["verdict"] == "level"
+    assert "difference" not in same["rows"]["base"]
+
+
+def test_noisy_small_difference_is_level():
+    rng = np.random.default_rng(0)
+    a = {f"c{i}": _case(float(rng.uniform(0.2, 0.9)), [True], [(0.5, True)]) for i in range(12)}
+    b = {k: dict(v, dice=v["dice"] + float(rng.normal(0.01, 0.15))) for k, v in a.items()}
+    stats = compare({"a": [a], "b": [b]}, baseline="a", draws=500)
+    assert stats["rows"]["b"]["difference"]["dice"]["verdict"] == "level"
+
+
+def test_repeats_are_averaged_and_listed():
+    runs = [_run(10, good=True), _run(10, good=False)]
+    stats = compare({"r": runs}, draws=200)
+    assert stats["rows"]["r"]["dice"]["runs"] == [pytest.approx(0.8), pytest.approx(0.15)]
+    assert stats["rows"]["r"]["dice"]["value"] == pytest.approx((0.8 + 0.15) / 2)
+
+
+def test_no_small_nodes_gives_none_not_a_number():
+    run = {"c0": _case(0.5, [True], [(0.9, True)], axes=[8.0]), "c1": _case(None, [], [])}
+    stats = compare({"r": [run]}, draws=100)
+    assert stats["rows"]["r"]["sens_small"]["value"] is None
+    assert stats["rows"]["r"]["sens_small"]["interval"] == (None, None)
+    assert stats["rows"]["r"]["dice"]["value"] == 0.5  # the empty case is left out of the mean
+
+
+def test_rows_must_share_their_cases():
+    with pytest.raises(ValueError, match="test cases differ"):
+        compare({"a": [_run(3, True)], "b": [_run(4, True)]}, baseline="a", draws=100)
+
+
+def test_verdict_words():
+    assert verdict(0.01, 0.2) == "ahead" and verdict(-0.3, -0.1) == "behind"
+    assert verdict(-0.1, 0.1) == "level" and verdict(None, None) == "n/a"
