@@ -12,6 +12,7 @@ setup(
     description="CoSAM metastatic perirectal lymph node detection and segmentation for nnU-Net v2",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=["cosam_nn", "cosam_nn.dataset_conversion", "cosam_nn.trainers"],
     package_dir={
@@ -40,6 +41,7 @@ setup(
             "cosam_demo=cosam_nn.demo:main",
             "cosam_evaluate=cosam_nn.evaluation:main",
             "cosam_report=cosam_nn.report:main",
+            "cosam_check_model=cosam_nn.check_model:main",
         ]
     },
 )

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from cosam_nn import plots
 from cosam_nn.detection_metrics import average_precision, froc, froc_curve, greedy_match
-from cosam_nn.fileio import write_text_atomic
+from cosam_nn.fileio import load_foreground_probabilities, write_text_atomic
 from cosam_nn.image_geometry import geometry_mismatch
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.node_measures import node_diameters
@@ -167,12 +167,10 @@ def evaluate_folders(ref_dir, pred_dir, use_probs=False, log=print):
             raise EvaluationError(f"case {case}: {fault}")
         probs = None
         if use_probs:
-            npz = os.path.join(pred_dir, case + ".npz")
-            if not os.path.isfile(npz):
-                raise EvaluationError(f"case {case}: --probs given but {npz} is missing (predict with --save_probabilities)")
-            probs = np.load(npz)["probabilities"][1]
-            if probs.shape != ref.shape:
-                raise EvaluationError(f"case {case}: probabilities of shape {probs.shape}, reference {ref.shape}")
+            try:
+                probs = load_foreground_probabilities(os.path.join(pred_dir, case + ".npz"), ref.shape)
+            except ValueError as e:
+                raise EvaluationError(f"case {case}: {e}") from None
         results[case] = evaluate_case(ref, pred, ref_img.GetSpacing()[::-1], probs)
         log(f"[{i}/{len(refs)}] {case}")
     summary = summarise(results)
@@ -238,6 +236,10 @@ def main(argv=None):
         print(f"cosam_evaluate: error: {e}", file=sys.stderr)
         return 1
     out = a.o or a.pred
+    if os.path.exists(out) and not os.path.isdir(out):
+        print(f"cosam_evaluate: error: -o {out}: is a file; -o names the folder for summary.json and summary.md",
+              file=sys.stderr)
+        return 1
     os.makedirs(out, exist_ok=True)
     if a.plots:
         images = a.images or os.path.join(os.path.dirname(os.path.abspath(a.ref)), "imagesTs")

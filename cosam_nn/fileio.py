@@ -18,12 +18,19 @@ def atomic_path(path):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path, text):
@@ -42,3 +49,27 @@ def save_npz(path, **arrays):
                 info = zipfile.ZipInfo(name + ".npy", date_time=_FIXED_ZIP_TIME)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, buf.getvalue())
+
+
+def load_foreground_probabilities(path, shape):
+    """The node channel of an nnU-Net `--save_probabilities` file, checked: a ValueError naming the
+    file and the problem when it is missing, unreadable, without `probabilities`, without a node
+    channel, or of another shape than the prediction."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: probabilities not found (predict with --save_probabilities)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "probabilities" not in npz.files:
+                raise ValueError(f"{path}: no 'probabilities' array (it holds {list(npz.files)})")
+            probs = npz["probabilities"]
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ValueError(f"{path}: not a NumPy .npz archive of arrays") from None
+        raise
+    except Exception as e:  # zip and format errors come in many types
+        raise ValueError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
+    if probs.ndim != len(shape) + 1 or probs.shape[0] < 2:
+        raise ValueError(f"{path}: probabilities of shape {probs.shape}: expected (classes >= 2, {', '.join(map(str, shape))})")
+    if tuple(probs.shape[1:]) != tuple(shape):
+        raise ValueError(f"{path}: probabilities of shape {probs.shape[1:]}, prediction {tuple(shape)}")
+    return probs[1]

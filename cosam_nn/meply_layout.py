@@ -1,4 +1,4 @@
-"""The published Meply file layouts (see shared/PAPER.md), read and written in one place.
+"""The published Meply file layouts (the paper's data description, docs/data.md), read and written in one place.
 
 3D layout (the authors' `prln_dataset.py`)::
 
@@ -50,6 +50,8 @@ def load_npz_array(path, keys):
     except LayoutError:
         raise
     except Exception as e:  # zipfile/format errors come in many types
+        if "pickle" in str(e):  # numpy's message for a file that is not an .npz archive at all
+            raise LayoutError(f"{path}: not a NumPy .npz archive of arrays") from None
         raise LayoutError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
     raise LayoutError(f"{path}: none of the keys {list(keys)} found (it has {found})")
 
@@ -124,6 +126,10 @@ def read_prln_splits(root):
         raise LayoutError(f"{path}: unreadable ({e})") from None
     if not isinstance(data, dict) or not any(k in data for k in SPLIT_KEYS):
         raise LayoutError(f"{path}: expected the keys {list(SPLIT_KEYS)}")
+    for key in SPLIT_KEYS:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise LayoutError(f"{path}: '{key}' must be a list of case names, got {type(value).__name__}")
     return {"train": list(data.get("train_normal", [])) + list(data.get("train_both", [])),
             "test": list(data.get("test_normal", [])) + list(data.get("test_both", []))}
 
@@ -142,4 +148,7 @@ def read_slab(path):
     for name, a in (("image", img), ("label", label)):
         if a.ndim != 3:
             raise LayoutError(f"{path}: {name} must be 3D (H, W, D), got shape {a.shape}")
+        if a.shape[2] >= min(a.shape[:2]):  # a (D, H, W) array would become H slices of D x H
+            raise LayoutError(f"{path}: {name} of shape {a.shape} is not (H, W, D) with the slices last and "
+                              f"fewest (the published slabs are 512 x 512 x 15)")
     return np.transpose(img, (2, 0, 1)), np.transpose(label, (2, 0, 1))

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from skimage.measure import regionprops
 
 from cosam_nn import plots
-from cosam_nn.fileio import write_text_atomic
+from cosam_nn.fileio import load_foreground_probabilities, write_text_atomic
 from cosam_nn.image_geometry import geometry_mismatch
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.node_measures import node_diameters
@@ -94,11 +94,10 @@ def _load_case(image_path, pred_path, probs_path):
         raise ReportError(f"{pred_path}: prediction is not binary (0 background, 1 node)")
     probs = None
     if probs_path:
-        if not os.path.isfile(probs_path):
-            raise ReportError(f"{probs_path}: probabilities not found (predict with --save_probabilities)")
-        probs = np.load(probs_path)["probabilities"][1].astype(np.float64)
-        if probs.shape != seg.shape:
-            raise ReportError(f"{probs_path}: probabilities of shape {probs.shape}, prediction {seg.shape}")
+        try:
+            probs = load_foreground_probabilities(probs_path, seg.shape).astype(np.float64)
+        except ValueError as e:
+            raise ReportError(str(e)) from None
     return image, seg > 0, probs
 
 
@@ -145,12 +144,21 @@ def to_csv(reports):
     return buf.getvalue()
 
 
+def report_path(o, reports):
+    """-o as given, or inside it when it is a folder (or ends with a separator): CASE.json for one
+    case, report.json for several."""
+    if os.path.isdir(o) or o.endswith(os.sep):
+        return os.path.join(o, f"{reports[0]['case']}.json" if len(reports) == 1 else "report.json")
+    return o
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="cosam_report", description=__doc__.splitlines()[0])
     p.add_argument("image", help="CT image (or folder of nnU-Net inputs {case}_0000.nii.gz)")
     p.add_argument("pred", help="predicted mask (or nnU-Net prediction folder)")
     p.add_argument("--probs", default=None, help="nnU-Net .npz probabilities of this case")
-    p.add_argument("-o", default="report.json", help="output JSON (a CSV is written beside it)")
+    p.add_argument("-o", default="report.json",
+                   help="output JSON, or a folder for CASE.json (one case) or report.json (a CSV is written beside it)")
     p.add_argument("--threshold", type=float, default=0.5, help="confidence to count a node (default 0.5)")
     p.add_argument("--short-axis", type=float, default=5.0, dest="short_axis",
                    help="short-axis size criterion in mm (default 5)")
@@ -168,15 +176,16 @@ def main(argv=None):
     except ReportError as e:
         print(f"cosam_report: error: {e}", file=sys.stderr)
         return 1
-    write_text_atomic(a.o, json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
-    write_text_atomic(os.path.splitext(a.o)[0] + ".csv", to_csv(reports))
+    out = report_path(a.o, reports)
+    write_text_atomic(out, json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
+    write_text_atomic(os.path.splitext(out)[0] + ".csv", to_csv(reports))
     for r in reports:
         print(f"{r['case']}: {len(r['nodes'])} node(s), {r['nodes_at_or_above_threshold']} at confidence >= "
               f"{r['confidence_threshold']}: {r['n_category']} ({N_CATEGORY_NOTE})")
         for nd in r["nodes"]:
             print(f"  node {nd['node']}: {nd['volume_mm3']:.0f} mm3, {nd['long_axis_mm']:.1f} x {nd['short_axis_mm']:.1f} mm, "
                   f"confidence {nd['confidence']:.2f}, world (x, y, z) {nd['centroid_world_mm_xyz']} mm")
-    print(f"wrote {a.o} and {os.path.splitext(a.o)[0]}.csv")
+    print(f"wrote {out} and {os.path.splitext(out)[0]}.csv")
     return 0
 
 

@@ -15,9 +15,11 @@ and standard deviation: a window learnt from node tissue, which on Meply-like da
 the paper's fixed window, so the converter keeps nnU-Net's default (channel name "CT").
 """
 import argparse
+import glob
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -27,13 +29,27 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
 from cosam_nn.image_geometry import geometry_mismatch
+from cosam_nn.meply_layout import LayoutError
 from cosam_nn.splits import split_cases
 
 FILE_ENDING = ".nii.gz"
 SPLIT_SEED = 12345
+MIN_DISTINCT_HU = 100   # CT in HU holds air, fat, soft tissue and bone: hundreds of distinct values
+MIN_HU_RANGE = 300
+OWNER_FILE = ".cosam_convert_owner"  # the process id of the conversion writing a temporary folder
 
 
-def check_case(name, image, label, warn):
+def non_hu_reason(rounded):
+    """Why an image (rounded to whole values) cannot be CT in Hounsfield units, or None."""
+    lo, hi = int(rounded.min()), int(rounded.max())
+    distinct = int(np.count_nonzero(np.bincount((rounded.ravel().astype(np.int64) - lo))))
+    if distinct < MIN_DISTINCT_HU or hi - lo < MIN_HU_RANGE:
+        return (f"values {lo}..{hi} with {distinct} distinct whole numbers cannot be CT in Hounsfield units "
+                f"(normalised or not CT?)")
+    return None
+
+
+def check_case(name, image, label, warn, allow_non_hu=False):
     """Validate one case; return (image as int16 HU, label as uint8 0/1) with image's geometry."""
     if image.GetDimension() != 3 or label.GetDimension() != 3:
         raise ConversionError(f"case {name}: image and label must be 3D volumes")
@@ -53,6 +69,11 @@ def check_case(name, image, label, warn):
     if voxels.dtype.kind == "f" and not np.array_equal(voxels, np.round(voxels)):
         warn(f"case {name}: image values are not whole HU; rounded to int16")
     out_image = sitk.Cast(sitk.Round(image) if voxels.dtype.kind == "f" else image, sitk.sitkInt16)
+    reason = non_hu_reason(sitk.GetArrayViewFromImage(out_image))
+    if reason and not allow_non_hu:
+        raise ConversionError(f"case {name}: image {reason}; --allow-non-hu converts it anyway")
+    if reason:
+        warn(f"case {name}: image {reason}; converted as asked (--allow-non-hu)")
 
     values = sitk.GetArrayViewFromImage(label)
     if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values))):
@@ -103,17 +124,62 @@ def _decide_split(names, split):
     return [n for n in names if n not in test], test, "PRLN/annotations.json"
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(root, target, log):
+    """Temporary folders of conversions that were killed (their process is gone) are removed."""
+    for folder in glob.glob(os.path.join(root, f".{os.path.basename(target)}.*")):
+        try:
+            pid = int(open(os.path.join(folder, OWNER_FILE)).read().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not _pid_alive(pid):
+            log(f"removing {folder}, left by an interrupted conversion")
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _swap_in(tmp, target):
+    """Rename tmp onto target; an existing target is renamed aside first and removed only after."""
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old.", dir=os.path.dirname(target))
+        os.rmdir(old)
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if old:
+            os.replace(old, target)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def convert(input_folder, dataset_id, name="Meply", fmt="auto", spacing=(0.625, 0.625, 0.625),
-            overwrite=False, log=print, warn=None):
+            overwrite=False, log=print, warn=None, allow_non_hu=False):
     """Convert `input_folder` into $nnUNet_raw/DatasetXXX_NAME; returns that folder."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     root = _raw_root()
     target = _check_target(root, dataset_id, name, overwrite)
-    fmt, cases, split = list_cases(input_folder, fmt, spacing)
+    try:
+        fmt, cases, split = list_cases(input_folder, fmt, spacing)
+    except LayoutError as e:
+        raise ConversionError(str(e)) from None
     names = [n for n, _ in cases]
     train, test, split_source = _decide_split(names, split)
+    remove_stale_temporaries(root, target, log)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=root)
     try:
+        with open(os.path.join(tmp, OWNER_FILE), "w") as f:
+            f.write(str(os.getpid()))
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             os.makedirs(os.path.join(tmp, sub))
         for i, (case, load) in enumerate(cases, start=1):
@@ -121,7 +187,7 @@ def convert(input_folder, dataset_id, name="Meply", fmt="auto", spacing=(0.625, 
                 image, label = load()
             except (OSError, ValueError) as e:
                 raise ConversionError(f"case {case}: {e}") from None
-            image, label = check_case(case, image, label, warn)
+            image, label = check_case(case, image, label, warn, allow_non_hu)
             part = "Ts" if case in test else "Tr"
             sitk.WriteImage(image, os.path.join(tmp, f"images{part}", f"{case}_0000{FILE_ENDING}"), True)
             sitk.WriteImage(label, os.path.join(tmp, f"labels{part}", f"{case}{FILE_ENDING}"), True)
@@ -134,10 +200,9 @@ def convert(input_folder, dataset_id, name="Meply", fmt="auto", spacing=(0.625, 
                               converted_by="cosam_convert_meply")
         with open(os.path.join(tmp, "split.json"), "w") as f:
             json.dump({"train": train, "test": test, "source": split_source}, f, indent=2)
+        os.remove(os.path.join(tmp, OWNER_FILE))
         os.chmod(tmp, 0o755)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _swap_in(tmp, target)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -156,6 +221,8 @@ def main(argv=None):
     p.add_argument("--spacing", type=float, nargs=3, default=(0.625, 0.625, 0.625), metavar=("Z", "Y", "X"),
                    help="spacing in mm of slab files, which carry none (default 0.625 0.625 0.625)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.add_argument("--allow-non-hu", action="store_true", dest="allow_non_hu",
+                   help="convert images whose values cannot be CT in Hounsfield units (refused by default)")
     a = p.parse_args(argv)
     if not 1 <= a.dataset_id <= 999:
         p.error("-d must be between 1 and 999")
@@ -163,12 +230,19 @@ def main(argv=None):
         p.error("--spacing must be positive")
     if not a.name.replace("_", "").replace("-", "").isalnum():
         p.error("-n may hold letters, digits, '_' and '-' only")
+    previous = signal.signal(signal.SIGTERM, _terminated)  # so that the temporary folder is removed
     try:
-        convert(a.input, a.dataset_id, a.name, a.format, tuple(a.spacing), a.overwrite)
+        convert(a.input, a.dataset_id, a.name, a.format, tuple(a.spacing), a.overwrite, allow_non_hu=a.allow_non_hu)
     except ConversionError as e:
         print(f"cosam_convert_meply: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -248,3 +248,129 @@ def test_missing_nnunet_raw_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_raw", raising=False)
     assert convert_main([str(_pair_folder(tmp_path)), "-d", "509"]) == 1
     assert "nnUNet_raw is not set" in capsys.readouterr().err
+
+
+def _scaled(img, scale, offset=0.0):
+    """A float image with the HU mapped linearly (e.g. normalised to [0, 1])."""
+    arr = sitk.GetArrayFromImage(img).astype(np.float32) * scale + offset
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+def test_nan_in_nifti_is_caught_although_the_reader_zeroes_it(tmp_path, nnunet_env, capsys):
+    src = _pair_folder(tmp_path, image_fn=_with_nan, names=("a", "bad", "c"), ext=".nii.gz")
+    assert convert_main([str(src), "-d", "511"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.nii.gz" in err and "1 NaN" in err and err.count("\n") == 1
+    assert _raw_left_clean(nnunet_env)
+
+
+def test_image_that_cannot_be_hu_is_refused_unless_allowed(tmp_path, nnunet_env, capsys):
+    src = _pair_folder(tmp_path, image_fn=lambda im: _scaled(im, 1 / 2000, 0.5), names=("a", "bad", "c"))
+    assert convert_main([str(src), "-d", "512"]) == 1
+    err = capsys.readouterr().err
+    assert "case bad" in err and "Hounsfield" in err and "--allow-non-hu" in err
+    assert _raw_left_clean(nnunet_env)
+    assert convert_main([str(src), "-d", "512", "--allow-non-hu"]) == 0
+    assert "case bad" in capsys.readouterr().err  # converted, with a warning
+
+
+def test_two_dicom_series_in_one_case_folder_are_listed_not_guessed(tmp_path, nnunet_env, capsys):
+    src = tmp_path / "pairs"
+    (src / "labels").mkdir(parents=True)
+    img, label = _volume(0)
+    _write_dicom_series(img, str(src / "images" / "caseA"))
+    scout = sitk.Image(img)
+    scout.SetOrigin((50.0, 0.0, 0.0))
+    other = str(tmp_path / "other")
+    _write_dicom_series(scout, other)
+    for f in os.listdir(other):  # the same files under another series UID
+        path = os.path.join(other, f)
+        im = sitk.ReadImage(path)
+        for k in im.GetMetaDataKeys():
+            if k == "0020|000e":
+                im.SetMetaData(k, "1.2.826.0.1.3680043.2.1125.9")
+            if k == "0008|0018":
+                im.SetMetaData(k, im.GetMetaData(k) + ".9")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(src / "images" / "caseA" / ("scout_" + f)))
+        writer.Execute(im)
+    sitk.WriteImage(label, str(src / "labels" / "caseA.nii.gz"))
+    assert convert_main([str(src), "-d", "513"]) == 1
+    err = capsys.readouterr().err
+    assert "caseA" in err and "2 DICOM series" in err and "1.2.826.0.1.3680043.2.1125.9" in err and "8 slices" in err
+    assert _raw_left_clean(nnunet_env)
+
+
+def test_slab_stored_slices_first_is_refused(tmp_path, nnunet_env, capsys):
+    src = tmp_path / "slabs"
+    src.mkdir()
+    img = np.random.default_rng(0).integers(-1000, 1000, (15, 64, 64)).astype(np.int16)
+    np.savez(src / "s0.npz", img=img, label=np.zeros_like(img, np.uint8))  # (D, H, W), not (H, W, D)
+    assert convert_main([str(src), "-d", "514"]) == 1
+    err = capsys.readouterr().err
+    assert "s0.npz" in err and "(15, 64, 64)" in err and err.count("\n") == 1
+
+
+def test_bool_label_and_float16_image_convert(tmp_path, nnunet_env):
+    src = str(tmp_path / "syn")
+    generate(src, 2, seed=4, shape=SHAPE, spacing=SPACING, log=_quiet)
+    img, spacing, label = meply_layout.read_prln_case(src, "synth0000")
+    np.savez(os.path.join(src, "npz", "synth0000.npz"), img=img.astype(np.float16), spacing=spacing)
+    np.savez(os.path.join(src, "clean_labels", "synth0000.npz"), label=label > 0)
+    assert convert_main([src, "-d", "515"]) == 0
+    out = _dataset(nnunet_env, "Dataset515_Meply")
+    split = json.load(open(os.path.join(out, "split.json")))
+    part = "Ts" if "synth0000" in split["test"] else "Tr"
+    lab, _ = _read(os.path.join(out, f"labels{part}", "synth0000.nii.gz"))
+    np.testing.assert_array_equal(lab, label > 0)
+    arr, _ = _read(os.path.join(out, f"images{part}", "synth0000_0000.nii.gz"))
+    np.testing.assert_array_equal(arr, np.round(img.astype(np.float16).astype(np.float32)))
+
+
+@pytest.mark.parametrize("text,message", [("{not json", "unreadable"), ('{"nothing": 1}', "expected the keys"),
+                                          ('{"train_both": "synth0000"}', "must be a list")])
+def test_bad_annotations_json_is_one_line(tmp_path, nnunet_env, capsys, text, message):
+    src = str(tmp_path / "syn")
+    generate(src, 2, seed=4, shape=SHAPE, spacing=SPACING, log=_quiet)
+    open(os.path.join(src, "PRLN", "annotations.json"), "w").write(text)
+    assert convert_main([src, "-d", "516"]) == 1
+    err = capsys.readouterr().err
+    assert "annotations.json" in err and message in err and err.count("\n") == 1
+
+
+def test_a_file_that_is_not_npz_is_named_without_pickle_advice(tmp_path, nnunet_env, capsys):
+    src = str(tmp_path / "syn")
+    generate(src, 2, seed=4, shape=SHAPE, spacing=SPACING, log=_quiet)
+    open(os.path.join(src, "npz", "synth0001.npz"), "wb").write(b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    assert convert_main([src, "-d", "517"]) == 1
+    err = capsys.readouterr().err
+    assert "synth0001.npz" in err and "not a NumPy .npz" in err and "pickle" not in err
+
+
+def test_stale_temporary_folders_are_removed_and_overwrite_swaps(tmp_path, nnunet_env, capsys):
+    src = _pair_folder(tmp_path)
+    root = nnunet_env["nnUNet_raw"]
+    dead, alive = os.path.join(root, ".Dataset518_Meply.dead"), os.path.join(root, ".Dataset518_Meply.alive")
+    for folder, pid in ((dead, 2 ** 22 + 7), (alive, os.getpid())):  # a pid above Linux's maximum is never alive
+        os.makedirs(folder)
+        open(os.path.join(folder, ".cosam_convert_owner"), "w").write(str(pid))
+    assert convert_main([str(src), "-d", "518"]) == 0
+    assert "interrupted conversion" in capsys.readouterr().out
+    assert not os.path.exists(dead) and os.path.exists(alive)
+    os.rename(alive, alive + "x")  # out of the way of the listing below
+    assert convert_main([str(src), "-d", "518", "--overwrite"]) == 0
+    assert sorted(os.listdir(root)) == [".Dataset518_Meply.alivex", "Dataset518_Meply"]
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    from cosam_nn.fileio import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(str(tmp_path / "a.txt"), "x")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == 0o644

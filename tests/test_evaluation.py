@@ -117,7 +117,10 @@ def test_a_detection_matches_one_reference_only():
     ("missing_pred", "case b: no prediction"),
     ("missing_ref", "case c: prediction has no reference"),
     ("non_binary", "case a: prediction is not binary"),
-    ("no_npz", "case a: --probs given but"),
+    ("no_npz", "case a: "),
+    ("npz_without_probabilities", "no 'probabilities' array"),
+    ("corrupt_npz", "unreadable .npz"),
+    ("one_channel", "expected (classes >= 2"),
 ])
 def test_bad_inputs_name_the_case(tmp_path, capsys, fault, message):
     ref, pred = _folders(tmp_path)
@@ -131,9 +134,24 @@ def test_bad_inputs_name_the_case(tmp_path, capsys, fault, message):
     elif fault == "non_binary":
         _write(pred, "a", _hand_case()[1].astype(np.uint8) * 2)
     else:
-        os.remove(os.path.join(pred, "a.npz"))
+        npz = os.path.join(pred, "a.npz")
+        os.remove(npz)
+        if fault == "npz_without_probabilities":
+            np.savez(npz, something=np.zeros(3))
+        elif fault == "corrupt_npz":
+            open(npz, "wb").write(b"PK\x03\x04 broken")
+        elif fault == "one_channel":
+            np.savez(npz, probabilities=np.zeros((1,) + SHAPE, np.float32))
         args.append("--probs")
     assert evaluate_main(args) == 1
     err = capsys.readouterr().err
     assert message in err, err
     assert not os.path.exists(os.path.join(pred, "summary.json"))
+
+
+def test_output_that_is_a_file_is_refused(tmp_path, capsys):
+    ref, pred = _folders(tmp_path)
+    existing = tmp_path / "summary.txt"
+    existing.write_text("keep me")
+    assert evaluate_main(["-ref", ref, "-pred", pred, "-o", str(existing)]) == 1
+    assert "is a file" in capsys.readouterr().err and existing.read_text() == "keep me"

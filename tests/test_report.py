@@ -113,3 +113,20 @@ def test_bad_inputs(tmp_path, capsys):
     assert report_main([str(tmp_path / "img_0000.nii.gz"), str(tmp_path / "small.nii.gz"), "-o", str(tmp_path / "r.json")]) == 1
     assert "does not match" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r.json")
+
+
+def test_bad_probabilities_are_one_line_and_a_folder_output_takes_the_case_name(tmp_path, capsys):
+    _case(tmp_path)
+    args = [str(tmp_path / "img_0000.nii.gz"), str(tmp_path / "img.nii.gz"), "--probs", str(tmp_path / "p.npz")]
+    for content, message in ((None, "not found"), (b"PK\x03\x04 broken", "unreadable .npz"), ("keys", "no 'probabilities'")):
+        if isinstance(content, bytes):
+            (tmp_path / "p.npz").write_bytes(content)
+        elif content == "keys":
+            np.savez(tmp_path / "p.npz", other=np.zeros(2))
+        assert report_main(args + ["-o", str(tmp_path / "r.json")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    out = tmp_path / "reports"
+    out.mkdir()
+    assert report_main([str(tmp_path / "img_0000.nii.gz"), str(tmp_path / "img.nii.gz"), "-o", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["img.csv", "img.json"]
