@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# The GPU path on a lent GPU machine, installing nothing from the internet:
+# The GPU path on a GPU machine, installing nothing from the internet:
 #   paper-size network timings, a DDP (nccl) check of CoSAM in both phases, a short mixed-precision
 #   CoSAMTrainer training through nnU-Net, and the prediction of one full-size volume.
-# Usage (repo root, packages already importable): bash bench/gpu_check.sh OUT_DIR
-# On this workplace's device machine the packages nnU-Net needs travel as .gpu_deps/site.tar.xz
-# (see bench/README.md) and the device command unpacks them first.
+# Usage (repo root, cosam-nn and nnU-Net importable, the cosam commands on PATH): bash bench/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-gpu_check_out}
 mkdir -p "$OUT"

@@ -1,4 +1,4 @@
-"""Prediction time and memory of one full-size CT volume on this machine, per trained model.
+"""Prediction time and memory of one full-size CT volume on the CPU, per trained model.
 
     python bench/predict_large.py --work bench_work/compare [-tr nnUNetTrainerBudget CoSAMTrainerSmall]
                                   [--shape 300 512 512]

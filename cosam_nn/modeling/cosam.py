@@ -27,8 +27,7 @@ LOGIT_BOUND = 12.0
 # Foreground logit where no kept box lies: below 0 (background), but weak. nnU-Net averages the
 # logits of overlapping tiles with Gaussian weights, and a kept mask's logit can be as low as
 # MIN_FG_LOGIT: at -4 a window that missed a node (or saw it cut at its edge) outvoted the window
-# that found it on every slice between two window centres (measured: fold-0 validation Dice
-# 0.454 -> 0.547 and test Dice 0.537 -> 0.615 for the same CoSAMTrainerSmall model at -0.25).
+# that found it on every slice between two window centres (bench/RESULTS.md has the measurement).
 # The exported probability is therefore sigmoid(-0.25) = 0.44 wherever no box was kept: read the
 # segmentation and the nodes' mean probabilities, not the background level.
 BACKGROUND_LOGIT = -0.25
