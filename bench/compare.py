@@ -213,7 +213,7 @@ def curve_rows(runs, draws):
     """One CSV row per evaluated checkpoint of the runs that trace curves, with intervals."""
     out = []
     for run_id, run in runs.items():
-        if "points" not in run or run["budget"] == "iterations" and len(run["points"]) == 1:
+        if "points" not in run:
             continue
         for p in run["points"]:
             s = compare({run["row"]: [p["cases"]]}, draws=draws)["rows"][run["row"]]
@@ -243,10 +243,10 @@ def write_curves(work, rows):
             pts = sorted((r for r in rows if r["run"] == run_id), key=lambda r: r["train_seconds"])
             x = [p["train_seconds"] for p in pts]
             y = [p[metric] if p[metric] is not None else float("nan") for p in pts]
-            line, = ax.plot(x, y, marker="o", label=run_id)
             lo = [p[f"{metric}_lo"] if p[f"{metric}_lo"] is not None else float("nan") for p in pts]
             hi = [p[f"{metric}_hi"] if p[f"{metric}_hi"] is not None else float("nan") for p in pts]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+            ax.errorbar(x, y, yerr=[[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]], marker="o",
+                        capsize=3, label=run_id)  # bars: the 95% bootstrap interval over test cases
         ax.set_xlabel("training seconds (sum of epoch times)")
         ax.set_ylabel(METRIC_NAMES[metric] + " on the test set")
         ax.set_ylim(0, 1)

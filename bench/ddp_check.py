@@ -27,7 +27,7 @@ def main():
     dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    cfg = CoSAMConfig.paper() if a.size == "paper" else CoSAMConfig.small()
+    cfg = CoSAMConfig.of_size(a.size)
     size = a.inplane or (256 if a.size == "paper" else 96)
     torch.manual_seed(rank)
     model = torch.nn.parallel.DistributedDataParallel(CoSAM(cfg).to(device), device_ids=[rank] if cuda else None)

@@ -1,12 +1,15 @@
 """Where does a trained CoSAM lose nodes? Stage by stage, on the validation cases of its fold.
 
-    python bench/diagnose.py RESULTS_FOLD_FOLDER [-tr CoSAMTrainerSmall] [--step 4]
+    python bench/diagnose.py RESULTS_FOLD_FOLDER [-tr CoSAMTrainerSmall] [--step 4] [--small-mm 5]
 
 RESULTS_FOLD_FOLDER is nnU-Net's .../<trainer>__<plans>__3d_fullres/fold_N with checkpoint_final.pth.
 Windows of L slices (step --step) over the preprocessed validation cases of that fold; for every
 node cross-cut by a window (present on its centre slice), prints the share found at each stage:
 stage-1 proposals, stage-2 boxes, detector score above thresholds, CCM probability, the final
-score, and U-SAM's Dice when prompted with the true box; and the false boxes per window.
+score, and U-SAM's Dice when prompted with the true box; and the false boxes per window. Then,
+for the cross-cuts of nodes under --small-mm short axis (measured on the whole node), the stage at
+which each is lost: never proposed (stage 1), rejected at stage 2, scored below the threshold
+(detector x CCM), dropped by NMS or the box limit, or kept.
 """
 import argparse
 import os
@@ -18,10 +21,11 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from torchvision.ops import box_iou
 
-from cosam_nn.crops import crop_slices
+from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
-from cosam_nn.node_geometry import node_boxes_and_instances, union_boxes
+from cosam_nn.node_geometry import label_nodes, node_boxes_and_instances, union_boxes
+from cosam_nn.node_measures import node_diameters
 from cosam_nn.trainer_dir import trainer_dir
 
 THRESHOLDS = (0.1, 0.25, 0.5)
@@ -45,15 +49,23 @@ def validation_cases(fold_folder):
     fold = int(os.path.basename(fold_folder).split("_")[1])
     val = load_json(os.path.join(pre, "splits_final.json"))[fold]["val"]
     data_folder = os.path.join(pre, plans["configurations"]["3d_fullres"]["data_identifier"])
+    spacing = plans["configurations"]["3d_fullres"]["spacing"]
     ds = infer_dataset_class(data_folder)(data_folder, val)
     for case in val:
         data, seg, _, _ = ds.load_case(case)
-        yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0
+        yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0, spacing
+
+
+def short_axes(label, spacing):
+    """(instance map of the whole case, {instance id: short axis in mm})."""
+    instances, n = label_nodes(label)
+    return instances, {i: node_diameters(instances == i, spacing)[1] for i in range(1, n + 1)}
 
 
 @torch.no_grad()
-def window_stats(model, window, labels):
-    """Per node present on the window's centre slice: dict of its best values at each stage."""
+def window_stats(model, window, labels, case_instances=None):
+    """Per node present on the window's centre slice: dict of its best values at each stage
+    (`case_id`: the node's id in `case_instances`, the case's instance map over the window)."""
     boxes, inst = node_boxes_and_instances(labels)
     length = labels.shape[0]
     centre = length // 2
@@ -79,6 +91,8 @@ def window_stats(model, window, labels):
     matched_any = torch.zeros_like(valid)
     for n in nodes.tolist():
         row = {"voxels": int(boxes.voxels[n])}
+        if case_instances is not None:
+            row["case_id"] = int(case_instances[inst == n + 1].max())
         iou1 = box_iou(union_boxes(s1.boxes, s1.present), t_union[n:n + 1])[:, 0] if len(s1.scores) else torch.zeros(0)
         row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
         match = (iou2[:, n] >= 0.3) & valid
@@ -88,6 +102,8 @@ def window_stats(model, window, labels):
         row["ccm"] = float(ccm[match].max()) if ccm is not None and match.any() else None
         kiou = box_iou(union_boxes(kept.boxes, kept.present), t_union[n:n + 1])[:, 0] if len(kept.scores) else torch.zeros(0)
         row["final_score"] = float(kept.scores[kiou >= 0.3].max()) if (kiou >= 0.3).any() else 0.0
+        final = (score * ccm).sqrt() if ccm is not None else score
+        row["final_score_before_nms"] = float(final[match].max()) if match.any() else 0.0
         masks, _, _, regions = model.segment_boxes(window, torch.tensor([centre]), boxes.boxes[n, centre:centre + 1])
         row["usam_true_box_dice"] = _crop_dice(inst[centre] == n + 1, regions, masks)
         out["nodes"].append(row)
@@ -109,14 +125,30 @@ def _crop_dice(node_mask, regions, mask_logits):
     return 2 * int((pred & t).sum()) / total if total else 1.0
 
 
-def report(model, cases, step=4, name="CoSAM"):
-    """Print the stage-by-stage shares over (case, image, label) triples."""
+def lost_at(row, threshold):
+    """The stage at which a node cross-cut is lost, or 'kept'."""
+    if row["final_score"] > 0:
+        return "kept"
+    if row["stage1_iou"] < 0.3:
+        return "never proposed (stage 1)"
+    if row["stage2_iou"] < 0.3:
+        return "rejected at stage 2"
+    if row["final_score_before_nms"] < threshold:
+        return "score below threshold (detector x CCM)"
+    return "dropped by NMS or the box limit"
+
+
+def report(model, cases, step=4, name="CoSAM", small_mm=5.0):
+    """Print the stage-by-stage shares over (case, image, label, spacing) tuples."""
     length = model.cfg.detector.window
     rows, false, false_final, windows = [], {t: 0 for t in THRESHOLDS}, 0, 0
-    for case, image, label in cases:
+    for case, image, label, spacing in cases:
+        instances, axes = short_axes(label, spacing)
         for z in range(0, image.shape[0] - length + 1, step):
             window = torch.from_numpy(image[z:z + length])[None, None]
-            stats = window_stats(model, window, label[z:z + length])
+            stats = window_stats(model, window, label[z:z + length], instances[z:z + length])
+            for r in stats["nodes"]:
+                r["short_axis_mm"] = axes[r["case_id"]]
             rows += stats["nodes"]
             for t in THRESHOLDS:
                 false[t] += stats["false"][t]
@@ -136,9 +168,16 @@ def report(model, cases, step=4, name="CoSAM"):
     print(f"kept (final score >= threshold): found {share(lambda r: r['final_score'] > 0):.2f}; "
           f"other kept boxes per window {false_final / max(1, windows):.2f}")
     print(f"U-SAM Dice with the true box, centre slice: mean {share(lambda r: r['usam_true_box_dice']):.3f}")
-    small = [r for r in rows if r["voxels"] < 200]
-    print(f"nodes < 200 voxels in window: {len(small)}; found at stage 2: "
-          f"{sum(r['stage2_iou'] >= 0.3 for r in small) / max(1, len(small)):.2f}")
+    small = [r for r in rows if r["short_axis_mm"] < small_mm]
+    threshold = float(model.score_threshold)
+    print(f"\nnodes under {small_mm:g} mm short axis: {len(small)} cross-cuts; where each is lost "
+          f"(score threshold {threshold:g}):")
+    stages = [lost_at(r, threshold) for r in small]
+    for stage in ("never proposed (stage 1)", "rejected at stage 2", "score below threshold (detector x CCM)",
+                  "dropped by NMS or the box limit", "kept"):
+        print(f"  {stage:<42} {stages.count(stage):4d}")
+    if small:
+        print(f"  U-SAM Dice with the true box, centre slice: mean {np.mean([r['usam_true_box_dice'] for r in small]):.3f}")
 
 
 def main():
@@ -146,10 +185,11 @@ def main():
     p.add_argument("fold_folder")
     p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer")
     p.add_argument("--step", type=int, default=4)
+    p.add_argument("--small-mm", type=float, default=5.0, dest="small_mm", help="short axis of a small node (mm)")
     a = p.parse_args()
     if not os.environ.get("nnUNet_preprocessed"):
         p.error("set nnUNet_preprocessed to the folder the fold was trained from (its splits and data are read there)")
-    report(load_model(a.fold_folder, a.trainer), validation_cases(a.fold_folder), a.step, a.trainer)
+    report(load_model(a.fold_folder, a.trainer), validation_cases(a.fold_folder), a.step, a.trainer, a.small_mm)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ step "train CoSAMTrainer (paper size, AMP): 2 epochs x 20 iterations, pretrain t
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/gpu_mem_train.csv" &
 MON=$!
 # under cProfile: the main process's share of each step (data wait, train_step, checkpoint writes)
-COSAM_EPOCHS=2 COSAM_ITERS=20 COSAM_VAL_ITERS=2 timeout 300 python3 -m cProfile -o "$OUT/train.prof" \
+COSAM_SAM_CHECKPOINT=${COSAM_SAM_CHECKPOINT:-none} COSAM_EPOCHS=2 COSAM_ITERS=20 COSAM_VAL_ITERS=2 timeout 300 python3 -m cProfile -o "$OUT/train.prof" \
   "$(command -v nnUNetv2_train)" 501 3d_fullres 0 -tr CoSAMTrainer > "$OUT/train.log" 2>&1; echo "train exit $?"
 kill $MON
 grep -E "phase:|Epoch time|train_loss|Mean Validation|Error|error" "$OUT/train.log" | tail -20

@@ -69,6 +69,6 @@ def checkpoint_interval(num_epochs, save_every):
 
 
 def apply_budget(trainer, environ=None):
-    """Set the budget attributes on an nnU-Net trainer (call at the end of its __init__)."""
+    """Set the budget attributes on an nnU-Net trainer."""
     for attribute, value in read_budget(environ).items():
         setattr(trainer, attribute, value)

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from cosam_nn.meply_layout import dataset_folder_name
 from cosam_nn.trainer_dir import trainer_dir
 
 DATASET_ID = 501
@@ -31,7 +32,7 @@ class Pipeline:
                         nnUNet_preprocessed=os.path.join(self.work, "nnUNet_preprocessed"),
                         nnUNet_results=os.path.join(self.work, "nnUNet_results"), nnUNet_extTrainer=trainer_dir(),
                         nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "1"))
-        self.raw = os.path.join(self.env["nnUNet_raw"], f"Dataset{int(dataset_id):03d}_Meply")
+        self.raw = os.path.join(self.env["nnUNet_raw"], dataset_folder_name(dataset_id))
 
     def run(self, title, args, env=None):
         self.log(f"\n=== {title}\n$ {' '.join(args)}")
@@ -112,12 +113,14 @@ def main(argv=None):
         per_case = json.load(f)["per_case"]
     case = max(per_case, key=lambda k: per_case[k]["predicted_voxels"])  # the case with most predicted voxels
     report = os.path.join(pipe.work, "report", case + ".json")
+    instances = os.path.join(pipe.work, "report", "instances")
     pipe.run(f"node report of {case}", ["cosam_report", os.path.join(pipe.raw, "imagesTs", case + "_0000.nii.gz"),
                                         os.path.join(pred, case + ".nii.gz"), "--probs", os.path.join(pred, case + ".npz"),
-                                        "-o", report, "--plots", pictures])
+                                        "-o", report, "--plots", pictures, "--instances", instances])
     print("\n=== test cases\n" + dice_table(per_case))
     print(f"\npredictions in {pred}\nevaluation in {evaluation} (summary.md, summary.json)"
-          f"\nnode report in {report} (and .csv)\npictures in {pictures}\nwhole demo {time.time() - start:.0f} s")
+          f"\nnode report in {report} (and .csv)\ninstance map and detections (nnDetection's boxes) in {instances}"
+          f"\npictures in {pictures}\nwhole demo {time.time() - start:.0f} s")
     return 0
 
 

@@ -27,7 +27,7 @@ from cosam_nn import plots
 from cosam_nn.detection_metrics import average_precision, froc, froc_curve, greedy_match
 from cosam_nn.fileio import load_foreground_probabilities, write_text_atomic
 from cosam_nn.image_geometry import geometry_mismatch
-from cosam_nn.node_geometry import label_nodes
+from cosam_nn.node_geometry import cross_section_boxes, label_nodes
 from cosam_nn.node_measures import node_diameters
 
 SIZE_BINS = (("< 5 mm", 0.0, 5.0), ("5-10 mm", 5.0, 10.0), ("> 10 mm", 10.0, float("inf")))
@@ -64,20 +64,14 @@ def components(mask, probs=None):
 
 
 def slice_boxes(instances, scores=None):
-    """Per slice z: (boxes (K, 4) y,x lo then hi, scores (K,)) of each component's cross-section."""
+    """Per slice z: (boxes (K, 4) x,y lo then hi, scores (K,)) of each component's cross-section."""
+    boxes, present, _ = cross_section_boxes(instances)
+    scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, float)
     out = {}
-    for i, sl in enumerate(ndimage.find_objects(instances)):
-        node = instances[sl] == i + 1
-        for dz in range(node.shape[0]):
-            rows, cols = np.nonzero(node[dz].any(1))[0], np.nonzero(node[dz].any(0))[0]
-            if rows.size == 0:
-                continue
-            z = sl[0].start + dz
-            box = [sl[1].start + rows[0], sl[2].start + cols[0], sl[1].start + rows[-1] + 1, sl[2].start + cols[-1] + 1]
-            boxes, sc = out.setdefault(z, ([], []))
-            boxes.append(box)
-            sc.append(1.0 if scores is None else scores[i])
-    return {z: (np.array(b, float).reshape(-1, 4), np.array(s, float)) for z, (b, s) in out.items()}
+    for z in np.flatnonzero(present.any(0)):
+        on = np.flatnonzero(present[:, z])
+        out[int(z)] = (boxes[on, z].astype(float), scores[on])
+    return out
 
 
 def evaluate_case(ref, pred, spacing_zyx, probs=None, iou_thresholds=(0.1, 0.5)):

@@ -26,6 +26,12 @@ PRLN_DIR = "PRLN"
 TARGET_CSV = "prln_target.csv"
 ANNOTATIONS_JSON = "annotations.json"
 TARGET_COLUMNS = ("case", "label_id", "volume", "z1", "y1", "x1", "z2", "y2", "x2")
+DATASET_NAME = "Meply"  # the nnU-Net data set name the converter writes by default
+
+
+def dataset_folder_name(dataset_id, name=DATASET_NAME):
+    """nnU-Net's raw folder name of a data set: Dataset501_Meply."""
+    return f"Dataset{int(dataset_id):03d}_{name}"
 SPLIT_KEYS = ("train_normal", "train_both", "test_normal", "test_both")
 IMAGE_KEYS = ("img", "image")
 LABEL_KEYS = ("label", "lbl", "seg", "mask")

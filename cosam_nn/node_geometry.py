@@ -40,16 +40,18 @@ def node_boxes(mask):
     return node_boxes_and_instances(mask)[0]
 
 
-def node_boxes_and_instances(mask):
-    """(NodeBoxes, instance map (L, H, W) with node i labelled i + 1) of an (L, H, W) mask."""
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    instances, n = label_nodes(mask)
+def cross_section_boxes(instances):
+    """Per component (ids 1..N) of an (L, H, W) instance map and per slice: its box (x1, y1, x2, y2)
+    with exclusive ends, (N, L, 4) float32, whether it is on that slice, (N, L) bool, and its voxel
+    count, (N,)."""
+    objects = ndimage.find_objects(instances)
     length = instances.shape[0]
-    boxes = np.zeros((n, length, 4), dtype=np.float32)
-    present = np.zeros((n, length), dtype=bool)
-    voxels = np.zeros(n, dtype=np.int64)
-    for i, sl in enumerate(ndimage.find_objects(instances)):
+    boxes = np.zeros((len(objects), length, 4), dtype=np.float32)
+    present = np.zeros((len(objects), length), dtype=bool)
+    voxels = np.zeros(len(objects), dtype=np.int64)
+    for i, sl in enumerate(objects):
+        if sl is None:
+            continue
         node = instances[sl] == i + 1
         voxels[i] = node.sum()
         for dz in range(node.shape[0]):
@@ -61,6 +63,15 @@ def node_boxes_and_instances(mask):
             present[i, z] = True
             boxes[i, z] = (sl[2].start + cols[0], sl[1].start + rows[0],
                            sl[2].start + cols[-1] + 1, sl[1].start + rows[-1] + 1)
+    return boxes, present, voxels
+
+
+def node_boxes_and_instances(mask):
+    """(NodeBoxes, instance map (L, H, W) with node i labelled i + 1) of an (L, H, W) mask."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    instances, _ = label_nodes(mask)
+    boxes, present, voxels = cross_section_boxes(instances)
     return NodeBoxes(torch.from_numpy(boxes), torch.from_numpy(present), torch.from_numpy(voxels)), instances
 
 

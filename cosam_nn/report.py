@@ -1,6 +1,7 @@
 """`cosam_report`: what the model found in each patient, node by node.
 
     cosam_report IMAGE PRED [--probs FILE] [-o report.json] [--threshold 0.5] [--short-axis 5] [--plots DIR]
+                 [--instances DIR]
     cosam_report IMAGES_DIR PRED_DIR [-o report.json]          (every case; --probs from PRED_DIR/*.npz)
 
 Per predicted node (a 26-connected component): centroid in voxels (z, y, x) and in world millimetres
@@ -10,7 +11,8 @@ probability, or 1.0 without probabilities) and whether the short axis meets the 
 Then the number of nodes at or above the confidence threshold (and of at least --min-volume mm^3,
 so that specks of a few voxels are listed but not counted) and the N category that count
 implies for rectal cancer (AJCC: N0 0, N1a 1, N1b 2-3, N2a 4-6, N2b 7+): an estimate from CT, not a
-diagnosis. Written as JSON and, beside it, CSV; --plots DIR draws each node on its axial slice.
+diagnosis. Written as JSON and, beside it, CSV; --plots DIR draws each node on its axial slice;
+--instances DIR writes each case's instance map and detections (cosam_nn.detections).
 """
 import argparse
 import csv
@@ -26,6 +28,7 @@ from skimage.measure import regionprops
 from cosam_nn import plots
 from cosam_nn.fileio import load_foreground_probabilities, write_text_atomic
 from cosam_nn.image_geometry import geometry_mismatch
+from cosam_nn.detections import write_instances_and_detections
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.node_measures import node_diameters
 
@@ -165,6 +168,9 @@ def main(argv=None):
     p.add_argument("--min-volume", type=float, default=10.0, dest="min_volume",
                    help="smallest volume in mm^3 a node needs to be counted (default 10)")
     p.add_argument("--plots", default=None, help="folder for one picture per node")
+    p.add_argument("--instances", default=None, metavar="DIR",
+                   help="also write CASE_instances.nii.gz (node k = k) and CASE_detections.json (boxes in voxels, "
+                        "nnDetection's convention and world mm, with scores) per case into DIR")
     a = p.parse_args(argv)
     try:
         reports = []
@@ -173,6 +179,8 @@ def main(argv=None):
             reports.append(report_case(image, seg, probs, a.threshold, a.short_axis, case, a.min_volume))
             if a.plots:
                 _node_pictures(reports[-1], sitk.GetArrayFromImage(image), seg, a.plots)
+            if a.instances:
+                write_instances_and_detections(a.instances, image, label_nodes(seg)[0], reports[-1])
     except ReportError as e:
         print(f"cosam_report: error: {e}", file=sys.stderr)
         return 1

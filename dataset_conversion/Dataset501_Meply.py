@@ -29,7 +29,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
 from cosam_nn.image_geometry import geometry_mismatch
-from cosam_nn.meply_layout import LayoutError
+from cosam_nn.meply_layout import DATASET_NAME, LayoutError, dataset_folder_name
 from cosam_nn.splits import split_cases
 
 FILE_ENDING = ".nii.gz"
@@ -85,10 +85,6 @@ def check_case(name, image, label, warn, allow_non_hu=False):
     out_label = sitk.Cast(label > 0, sitk.sitkUInt8)
     out_label.CopyInformation(out_image)
     return out_image, out_label
-
-
-def dataset_folder_name(dataset_id, name):
-    return f"Dataset{dataset_id:03d}_{name}"
 
 
 def _raw_root():
@@ -163,7 +159,7 @@ def _swap_in(tmp, target):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def convert(input_folder, dataset_id, name="Meply", fmt="auto", spacing=(0.625, 0.625, 0.625),
+def convert(input_folder, dataset_id, name=DATASET_NAME, fmt="auto", spacing=(0.625, 0.625, 0.625),
             overwrite=False, log=print, warn=None, allow_non_hu=False):
     """Convert `input_folder` into $nnUNet_raw/DatasetXXX_NAME; returns that folder."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))

@@ -3,7 +3,7 @@ from dataclasses import replace
 import torch
 
 from cosam_nn.modeling.config import CoSAMConfig
-from cosam_nn.crops import crop_regions, paste_crop
+from cosam_nn.modeling.crops import crop_regions, paste_crop
 from cosam_nn.modeling.cosam import BACKGROUND_LOGIT, LOGIT_BOUND, CoSAM
 
 
@@ -60,3 +60,43 @@ def test_a_detections_probability_is_capped_at_its_score():
     model = CoSAM(replace(CoSAMConfig.small(window=5), score_threshold=0.0, nms_iou=1.0)).eval()
     logits, dets = model.detect(torch.randn(1, 1, 5, 40, 40))
     assert logits[0, 1].max() <= score_logit_cap(dets[0].scores).max() + 1e-6
+
+
+def test_paper_size_trains_a_step_and_detects():
+    """The paper-size model (ViT-B U-SAM on 224-pixel crops, 256-channel detector) through one training
+    step of each phase and one inference, on one small window with few crops: shape or config bugs at
+    paper size fail here, not on a GPU."""
+    paper = CoSAMConfig.paper()
+    cfg = replace(paper, detector=replace(paper.detector, test_proposals=2, train_proposals=16),
+                  train_true_boxes=1, train_proposals_per_window=1, train_slices_per_proposal=1,
+                  max_boxes=1, score_threshold=0.0, presence_threshold=0.0)  # untrained: every slice present
+    torch.manual_seed(0)
+    model = CoSAM(cfg)
+    window = torch.randn(1, 1, 9, 64, 64)
+    labels = torch.zeros(1, 9, 64, 64, dtype=torch.bool)
+    labels[0, 3:6, 20:28, 30:37] = True
+    window[0, 0][labels[0]] += 2.0
+    for phase in ("pretrain", "joint"):
+        model.zero_grad()
+        losses = model(window, labels, phase)
+        assert torch.isfinite(losses["loss"])
+        losses["loss"].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.usam.image_encoder.parameters())
+    model.eval()
+    with torch.no_grad():
+        logits, dets = model.detect(window)
+    assert logits.shape == (1, 2, 9, 64, 64) and torch.isfinite(logits).all()
+    assert len(dets[0].scores) == 1 and (logits[0, 1] > BACKGROUND_LOGIT).any()
+
+
+def test_nan_voxels_are_replaced_with_a_warning_not_spread():
+    import pytest
+
+    torch.manual_seed(0)
+    model = CoSAM(replace(CoSAMConfig.small(window=5), score_threshold=0.0, nms_iou=1.0)).eval()
+    x = torch.randn(1, 1, 5, 40, 40)
+    x[0, 0, 2, 10:12, 10:12] = float("nan")
+    with pytest.warns(RuntimeWarning, match="4 NaN"):
+        logits, _ = model.detect(x)
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, model.detect(torch.nan_to_num(x, nan=0.0))[0])

@@ -110,3 +110,56 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     run_cli(["nnUNetv2_predict", "-i", short_dir, "-o", pred, "-d", "512", "-c", "3d_fullres", "-f", "0",
              "-tr", TRAINER, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
     assert os.path.isfile(os.path.join(pred, "short.nii.gz"))
+
+
+def test_user_mistakes_stop_in_one_line_before_any_folder_is_made(tmp_path, nnunet_env):
+    from cosam_nn.trainers.CoSAMTrainer_variants import CoSAMTrainerSmall
+
+    with pytest.raises(SystemExit, match="3D configuration"):
+        CoSAMTrainerSmall({"configurations": {"2d": {"patch_size": [96, 96], "batch_size": 12}}}, "2d", 0, {})
+    make_planned_dataset(tmp_path, nnunet_env, 514, cases=4)
+    env = dict(nnunet_env, nnUNet_n_proc_DA="0", nnUNet_extTrainer=trainer_dir(), COSAM_EPOCHS="abc")
+    proc = run_cli(["nnUNetv2_train", "514", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "COSAM_EPOCHS='abc'" in proc.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(os.path.join(nnunet_env["nnUNet_results"], "Dataset514_Meply"))
+
+
+def test_paper_size_needs_the_sam_checkpoint_or_an_explicit_none():
+    from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
+    from cosam_nn.trainers.CoSAMTrainer_variants import CoSAMTrainerSmall
+
+    with pytest.raises(SystemExit, match="COSAM_SAM_CHECKPOINT=none to train U-SAM from scratch on purpose"):
+        CoSAMTrainer.read_sam_checkpoint_setting({})
+    assert CoSAMTrainer.read_sam_checkpoint_setting({"COSAM_SAM_CHECKPOINT": "none"}) is None
+    assert CoSAMTrainer.read_sam_checkpoint_setting({"COSAM_SAM_CHECKPOINT": "/m/sam.pth"}) == "/m/sam.pth"
+    assert CoSAMTrainerSmall.read_sam_checkpoint_setting({}) is None  # the small U-SAM takes no SAM weights
+
+
+def test_killed_run_resumes_from_its_last_saved_epoch(tmp_path, nnunet_env):
+    """SIGKILL mid-run, then --c: the run goes on from checkpoint_latest.pth, not from the start."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    make_planned_dataset(tmp_path, nnunet_env, 515)
+    env = dict(os.environ, **nnunet_env, nnUNet_n_proc_DA="0", nnUNet_extTrainer=trainer_dir(),
+               COSAM_EPOCHS="30", COSAM_ITERS="2", COSAM_VAL_ITERS="1")
+    fold = os.path.join(nnunet_env["nnUNet_results"], "Dataset515_Meply", f"{TRAINER}__nnUNetPlans__3d_fullres", "fold_0")
+    exe = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_train")
+    proc = subprocess.Popen([exe, "515", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not re.search(r": Epoch 4\s*$", _log(fold) if os.path.isdir(fold) else "", re.M):
+        assert proc.poll() is None, "training ended before epoch 4:\n" + (_log(fold) if os.path.isdir(fold) else "")[-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "checkpoint every 3 epoch(s)" in _log(fold)  # 30 epochs: at least every tenth
+    assert not os.path.exists(os.path.join(fold, "checkpoint_final.pth"))
+    run_cli(["nnUNetv2_train", "515", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--c"],
+            dict(env, COSAM_EPOCHS="5"))
+    resumed = re.search(r"resuming from (\S+): (\d+) epoch\(s\) done", _log(fold))
+    assert resumed and resumed.group(1).endswith("checkpoint_latest.pth") and int(resumed.group(2)) >= 3
+    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cosam_nn.crops import crop_regions
+from cosam_nn.modeling.crops import crop_regions
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.usam_baseline import USAMSegmenter
-from cosam_nn.training import _mask_targets, phase_for_epoch, training_losses, window_targets
+from cosam_nn.modeling.training_step import _mask_targets, phase_for_epoch, training_losses, window_targets
 from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer, PolyLR, _param_group, voxel_matched_batch, window_patch
 from cosam_nn.trainers import CoSAMTrainer_variants as variants
 
@@ -172,9 +172,14 @@ def test_training_turns_cudnn_autotuning_off(monkeypatch):
     started = []
     monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: started.append(True))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
-    CoSAMTrainer.on_train_start(object.__new__(CoSAMTrainer))
+    logged = []
+    monkeypatch.setattr(CoSAMTrainer, "print_to_log_file", lambda self, *args, **kw: logged.append(" ".join(args)))
+    trainer = object.__new__(CoSAMTrainer)
+    trainer.seed, trainer.save_every, trainer.snapshot_epochs = 5, 2, set()
+    CoSAMTrainer.on_train_start(trainer)
     assert torch.backends.cudnn.benchmark is False
     assert started == [True]  # nnU-Net's own start still runs
+    assert logged == ["seed: 5; checkpoint every 2 epoch(s)"]  # the run's settings are in its log
 
 
 def test_a_non_finite_loss_stops_training_with_the_parts_named():

@@ -130,3 +130,38 @@ def test_bad_probabilities_are_one_line_and_a_folder_output_takes_the_case_name(
     out.mkdir()
     assert report_main([str(tmp_path / "img_0000.nii.gz"), str(tmp_path / "img.nii.gz"), "-o", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["img.csv", "img.json"]
+
+
+def test_instances_and_detections_keep_geometry_numbering_and_boxes(tmp_path):
+    import json
+
+    _case(tmp_path)
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # rotated in-plane
+    for name in ("img_0000.nii.gz", "img.nii.gz"):
+        im = sitk.ReadImage(str(tmp_path / name))
+        im.SetDirection(direction)
+        im.SetOrigin((5.0, -7.0, 2.0))
+        sitk.WriteImage(im, str(tmp_path / name))
+    out = tmp_path / "inst"
+    assert report_main([str(tmp_path / "img_0000.nii.gz"), str(tmp_path / "img.nii.gz"), "--probs",
+                        str(tmp_path / "img.npz"), "-o", str(tmp_path / "r.json"), "--instances", str(out)]) == 0
+    report = json.load(open(tmp_path / "r.json"))
+    inst_img = sitk.ReadImage(str(out / "img_instances.nii.gz"))
+    image = sitk.ReadImage(str(tmp_path / "img_0000.nii.gz"))
+    assert inst_img.GetSize() == image.GetSize() and inst_img.GetDirection() == image.GetDirection()
+    np.testing.assert_allclose(inst_img.GetOrigin(), image.GetOrigin())
+    inst = sitk.GetArrayFromImage(inst_img)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "img.nii.gz"))) > 0
+    assert np.array_equal(inst > 0, seg) and sorted(np.unique(inst))[1:] == [n["node"] for n in report["nodes"]]
+    dets = json.load(open(out / "img_detections.json"))
+    assert "nnDetection" in dets["box_convention"] and len(dets["detections"]) == len(report["nodes"])
+    for det, node in zip(dets["detections"], report["nodes"]):
+        voxels = np.argwhere(inst == det["node"])
+        lo, hi = voxels.min(0), voxels.max(0) + 1
+        assert det["box_voxel_zyx"] == {"lo": lo.tolist(), "hi": hi.tolist()}
+        assert det["box_nndetection"] == [lo[0] - 1, lo[1] - 1, hi[0], hi[1], lo[2] - 1, hi[2]]
+        assert det["score"] == node["confidence"]
+        wmin, wmax = np.array(det["box_world_mm"]["min_xyz"]), np.array(det["box_world_mm"]["max_xyz"])
+        for z, y, x in voxels[:: max(1, len(voxels) // 50)]:
+            p = np.array(inst_img.TransformIndexToPhysicalPoint((int(x), int(y), int(z))))
+            assert np.all(p >= wmin - 1e-6) and np.all(p <= wmax + 1e-6)

@@ -3,9 +3,9 @@ import torch
 from segment_anything import sam_model_registry
 
 from blobs import blob_windows
-from cosam_nn.losses import mask_iou, mask_loss
+from cosam_nn.modeling.losses import mask_iou, mask_loss
 from cosam_nn.modeling.config import CoSAMConfig, USAMConfig
-from cosam_nn.crops import crop_slices
+from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
 from cosam_nn.modeling.usam import USAM
@@ -122,6 +122,24 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"weight": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a SAM checkpoint"):
         load_sam_checkpoint(str(other), small)
+
+
+def test_checkpoint_of_another_size_or_that_barely_fits_is_refused(tmp_path, vit_b_checkpoint):
+    path, state = vit_b_checkpoint
+    vit_l = {"image_encoder.pos_embed": torch.zeros(1, 64, 64, 1024)}
+    vit_l.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1024) for i in range(24)})
+    torch.save(vit_l, tmp_path / "vit_l.pth")
+    with pytest.raises(ValueError, match="width 1024 with 24 blocks; U-SAM needs width 768 with 12"):
+        load_sam_checkpoint(str(tmp_path / "vit_l.pth"))
+    # ViT-B's encoder size, but most tensors of another shape: nothing is loaded, the error says so
+    bent = {k: (v[..., :1] if k.startswith(("mask_decoder.", "image_encoder.blocks.")) and v.ndim > 1 else v)
+            for k, v in state.items()}
+    torch.save(bent, tmp_path / "bent.pth")
+    model = USAM(USAMConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="SAM tensors fit"):
+        load_sam_checkpoint(str(tmp_path / "bent.pth"), model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_mask_loss_does_not_push_node_masks_by_empty_ones():

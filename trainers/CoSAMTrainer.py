@@ -31,7 +31,7 @@ from cosam_nn.calibration import calibrate
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
-from cosam_nn.training import phase_for_epoch
+from cosam_nn.modeling.training_step import phase_for_epoch, pretrain_epochs
 from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
 
 SAM_CHECKPOINT_VARIABLE = "COSAM_SAM_CHECKPOINT"
@@ -51,11 +51,15 @@ class PolyLR:
             group["lr"] = group["initial_lr"] * factor
 
 
+MIN_INPLANE = 32      # the smallest in-plane window the backbone's four poolings take
+INPLANE_MULTIPLE = 16  # its coarsest stride
+
+
 def window_patch(patch_size, window, max_inplane):
     """(L, Y, X): the plans' in-plane patch, capped at max_inplane and rounded down to a multiple of 16."""
     if len(patch_size) != 3:
         raise ValueError(f"CoSAM trainers need a 3D configuration (e.g. 3d_fullres); this one has patch {list(patch_size)}")
-    inplane = [max(32, min(int(s), max_inplane) // 16 * 16) for s in patch_size[1:]]
+    inplane = [max(MIN_INPLANE, min(int(s), max_inplane) // INPLANE_MULTIPLE * INPLANE_MULTIPLE) for s in patch_size[1:]]
     return [window] + inplane
 
 
@@ -91,10 +95,16 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # user mistakes stop here with one line, before nnU-Net creates the output folder and its log
+        self.read_run_settings()
+        self.sam_checkpoint = self.read_sam_checkpoint_setting()
         conf = plans["configurations"][configuration]
         if "patch_size" in conf:
             planned = conf["patch_size"]
-            conf["patch_size"] = window_patch(planned, self.window, self.max_inplane)
+            try:
+                conf["patch_size"] = window_patch(planned, self.window, self.max_inplane)
+            except ValueError as e:
+                raise SystemExit(f"{type(self).__name__}: {e}") from None
             if self.max_windows_per_batch and "batch_size" in conf:
                 conf["batch_size"] = voxel_matched_batch(conf["batch_size"], planned, conf["patch_size"],
                                                          self.max_windows_per_batch)
@@ -109,7 +119,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     # ---- the network, rebuilt from the class settings alone ------------------------------------
     @classmethod
     def cosam_config(cls):
-        base = CoSAMConfig.paper(cls.window) if cls.cosam_size == "paper" else CoSAMConfig.small(cls.window)
+        base = CoSAMConfig.of_size(cls.cosam_size, cls.window)
         return replace(base, use_ccm=cls.use_ccm)
 
     @classmethod
@@ -127,7 +137,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         return False  # data-dependent box code: no torch.compile
 
     def _build_loss(self):
-        return None  # the losses live in the network's training step (cosam_nn.training)
+        return None  # the losses live in the network's training step (cosam_nn.modeling.training_step)
 
     def configure_optimizers(self):
         groups = {}
@@ -144,16 +154,28 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         if fresh:
             self._maybe_load_sam()
 
+    @classmethod
+    def read_sam_checkpoint_setting(cls, environ=None):
+        """The SAM checkpoint path, or None to train U-SAM from scratch. The paper-size model needs
+        the variable set: training ViT-B from scratch by accident would waste a GPU run."""
+        text = (os.environ if environ is None else environ).get(SAM_CHECKPOINT_VARIABLE, "").strip()
+        if cls.cosam_size != "paper":
+            return None
+        if not text:
+            raise SystemExit(f"{cls.__name__}: {SAM_CHECKPOINT_VARIABLE} is not set. Point it at the official SAM "
+                             f"ViT-B checkpoint sam_vit_b_01ec64.pth (segment-anything's model checkpoints), or set "
+                             f"{SAM_CHECKPOINT_VARIABLE}=none to train U-SAM from scratch on purpose.")
+        return None if text.lower() == "none" else text
+
     def _maybe_load_sam(self):
-        path = os.environ.get(SAM_CHECKPOINT_VARIABLE, "").strip()
         net = self.network.module if self.is_ddp else self.network
-        if not path:
-            if self.cosam_size == "paper":
-                self.print_to_log_file(f"WARNING: {SAM_CHECKPOINT_VARIABLE} is not set: U-SAM is trained from scratch. "
-                                       f"Set it to the official sam_vit_b_01ec64.pth to start from SAM's weights.")
-            return
         if self.cosam_size != "paper":
-            self.print_to_log_file(f"{SAM_CHECKPOINT_VARIABLE} ignored: only the paper-size U-SAM takes SAM ViT-B weights")
+            if os.environ.get(SAM_CHECKPOINT_VARIABLE, "").strip():
+                self.print_to_log_file(f"{SAM_CHECKPOINT_VARIABLE} ignored: only the paper-size U-SAM takes SAM ViT-B weights")
+            return
+        path = self.sam_checkpoint
+        if path is None:
+            self.print_to_log_file(f"U-SAM trained from scratch ({SAM_CHECKPOINT_VARIABLE}=none)")
             return
         try:
             _, report = load_sam_checkpoint(path, net.usam)
@@ -210,6 +232,13 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         """A snapshot is a model as a user would get it had training stopped here: threshold calibrated."""
         self.calibrate_score_threshold()
         super().save_snapshot(epochs_done)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        done = self.current_epoch
+        if done == pretrain_epochs(self.num_epochs, self.pretrain_fraction) and done < self.num_epochs \
+                and done % self.save_every:
+            self.save_after_epoch("checkpoint_latest.pth")  # the pretrain phase is never lost to a crash
 
     def calibrate_score_threshold(self):
         """Pick the final-score threshold on up to `calibration_cases` of the fold's validation cases

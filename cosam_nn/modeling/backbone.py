@@ -6,13 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def conv_block(cin, cout, stride=1):
-    """Two 3x3 convolutions with GroupNorm and ReLU; the first may downsample."""
-    groups = min(8, cout // 4) or 1
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
+from cosam_nn.modeling.common import conv_block, window_slices
 
 
 class SliceBackbone(nn.Module):
@@ -92,7 +86,6 @@ def run_per_slice(backbone, window, cache=None):
 
     With a `SliceFeatureCache` (inference only), slices seen before are not encoded again.
     """
-    b, _, length, h, w = window.shape
-    slices = window.permute(0, 2, 1, 3, 4).reshape(b * length, 1, h, w)
+    slices = window_slices(window)
     feats = cache.features(backbone, slices) if cache is not None else backbone(slices)
-    return feats.view(b, length, *feats.shape[1:])
+    return feats.view(window.shape[0], window.shape[2], *feats.shape[1:])

@@ -83,5 +83,15 @@ class CoSAMConfig:
             crop_size=32, ccm_hidden=64, max_boxes=24, train_true_boxes=6, train_proposals_per_window=6, train_slices_per_proposal=3,
             prompt_jitter=6.0)
 
+    @classmethod
+    def of_size(cls, size, window=9):
+        """The settings of a named model size: "paper" (GPU) or "small" (CPU)."""
+        if size not in MODEL_SIZES:
+            raise ValueError(f"model size {size!r}: one of {sorted(MODEL_SIZES)}")
+        return MODEL_SIZES[size](window)
+
     def with_window(self, window):
         return replace(self, detector=replace(self.detector, window=window))
+
+
+MODEL_SIZES = {"paper": CoSAMConfig.paper, "small": CoSAMConfig.small}

@@ -9,21 +9,22 @@ NMS on the proposals' union boxes -> the kept masks pasted (max) into the window
 (B, 2, L, H, W) as [0, foreground logit]. The foreground logit lies in [BACKGROUND_LOGIT, LOGIT_BOUND]
 (nnU-Net sums tiles in float16); a window without a kept box is BACKGROUND_LOGIT everywhere.
 """
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.ops import nms
 
-from cosam_nn.crops import boxes_in_crops, crop_regions, crop_slices, paste_crop
+from cosam_nn.modeling.crops import boxes_in_crops, crop_regions, crop_slices, paste_crop
 from cosam_nn.modeling.ccm import CollaborativeClassifier, mean_token_per_proposal
+from cosam_nn.modeling.common import LOGIT_BOUND, window_slices
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.usam import USAM
 from cosam_nn.node_geometry import union_boxes
-from cosam_nn.training import training_losses
+from cosam_nn.modeling.training_step import training_losses
 
-LOGIT_BOUND = 12.0
 # Foreground logit where no kept box lies: below 0 (background), but weak. nnU-Net averages the
 # logits of overlapping tiles with Gaussian weights, and a kept mask's logit can be as low as
 # MIN_FG_LOGIT: at -4 a window that missed a node (or saw it cut at its edge) outvoted the window
@@ -42,6 +43,17 @@ def score_logit_cap(scores):
     metastatic node (what FROC and AP need), not by how sharp its outline is.
     """
     return torch.logit(scores.float(), eps=1e-6).clamp(MIN_FG_LOGIT, LOGIT_BOUND)
+
+
+def finite_input(window):
+    """The window with non-finite voxels set to 0 (the normalised image's mean), with a warning: a few
+    NaN voxels would otherwise turn every proposal of the window into NaN and blank it."""
+    bad = ~torch.isfinite(window)
+    if not bad.any():
+        return window
+    warnings.warn(f"CoSAM input holds {int(bad.sum())} NaN or infinite voxel(s); set to 0 (the image's mean "
+                  f"after normalisation). Check the image: cosam_convert_meply refuses such images.", RuntimeWarning)
+    return torch.where(bad, torch.zeros_like(window), window)
 
 
 @dataclass
@@ -84,8 +96,7 @@ class CoSAM(nn.Module):
         Returns mask logits (M, 1, S, S), IoU predictions (M, 1), mask tokens (M, P) and the crop
         regions (M, 4) in slice pixels.
         """
-        b, _, length, h, w = window.shape
-        slices = window.permute(0, 2, 1, 3, 4).reshape(b * length, 1, h, w)
+        slices = window_slices(window)
         regions = crop_regions(boxes, self.cfg.crop_size)
         size = self.cfg.usam.img_size
         crops = crop_slices(slices, slice_index, regions, size)
@@ -141,6 +152,7 @@ class CoSAM(nn.Module):
         """One detector pass and U-SAM on every proposal that may reach `threshold` (default: the
         model's): a list of B `Candidates`, before the threshold and NMS."""
         threshold = self.threshold if threshold is None else threshold
+        window = finite_input(window)
         det = self.detector(window)
         return [self._window_candidates(window, det, i, threshold) for i in range(window.shape[0])]
 

@@ -16,6 +16,10 @@ from torch.nn import functional as F
 from cosam_nn.modeling.config import USAMConfig
 from cosam_nn.modeling.usam import USAM
 
+SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+USAM_ONLY = ("mask_decoder.up_blocks.",)  # U-SAM's own decoder path: in no SAM checkpoint
+MIN_COVERAGE = 0.9  # an official ViT-B file fills every SAM-named U-SAM tensor
+
 
 @dataclass
 class LoadReport:
@@ -50,6 +54,21 @@ def _read_state_dict(path):
     return data
 
 
+def _encoder_size(source):
+    """(width, blocks) of a SAM checkpoint's image encoder."""
+    pos = source.get("image_encoder.pos_embed")
+    width = int(pos.shape[-1]) if pos is not None else None
+    blocks = {k.split(".")[2] for k in source if k.startswith("image_encoder.blocks.")}
+    return width, len(blocks)
+
+
+def _check_encoder(path, source, cfg):
+    width, blocks = _encoder_size(source)
+    if (width, blocks) != (cfg.embed_dim, cfg.depth):
+        raise ValueError(f"{path}: a SAM image encoder of width {width} with {blocks} blocks; U-SAM needs width "
+                         f"{cfg.embed_dim} with {cfg.depth} blocks (the ViT-B checkpoint sam_vit_b_01ec64.pth)")
+
+
 def _adapt(key, source, target_shape):
     """Return (tensor, how) fitted to target_shape, or (None, why) when it cannot be."""
     if key.endswith("pos_embed") and source.ndim == 4 and source.shape[-1] == target_shape[-1]:
@@ -74,6 +93,7 @@ def load_sam_checkpoint(path, model=None):
     """
     model = model if model is not None else USAM(USAMConfig())
     source = _read_state_dict(path)
+    _check_encoder(path, source, model.cfg)
     own = model.state_dict()
     report, new = LoadReport(), {}
     for key, tensor in source.items():
@@ -90,5 +110,10 @@ def load_sam_checkpoint(path, model=None):
                 new[key] = adapted
                 report.adapted.append((key, how))
     report.not_in_checkpoint = [k for k in own if k not in new]
+    expected = [k for k in own if k.startswith(SAM_PARTS) and not k.startswith(USAM_ONLY)]
+    filled = sum(1 for k in expected if k in new)
+    if filled < MIN_COVERAGE * len(expected):
+        raise ValueError(f"{path}: only {filled} of U-SAM's {len(expected)} SAM tensors fit (image encoder, prompt "
+                         f"encoder, mask decoder); not the SAM ViT-B checkpoint U-SAM needs")
     model.load_state_dict(new, strict=False)
     return model, report

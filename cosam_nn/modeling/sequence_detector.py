@@ -33,6 +33,9 @@ from cosam_nn.node_geometry import union_boxes
 
 _MAX_LOG_SCALE = 4.0
 
+PRIOR_LOGIT = -4.6            # objectness starts at 0.01, as in focal-loss detectors (RetinaNet)
+PADDING_SCORE_LOGIT = -20.0   # score of the padding rows of a batch of proposals: never kept
+
 
 def encode_boxes(reference, boxes):
     """Deltas (dx, dy, dw, dh) that take reference boxes (…, 4) to boxes (…, 4)."""
@@ -96,7 +99,7 @@ class ProposalHead(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(window * channels, 2 * channels, 3, padding=1),
                                   nn.GroupNorm(8, 2 * channels), nn.ReLU(inplace=True))
         self.out = nn.Conv2d(2 * channels, 1 + 5 * window, 1)
-        nn.init.constant_(self.out.bias[:1], -4.6)  # prior objectness 0.01, as in focal-loss detectors
+        nn.init.constant_(self.out.bias[:1], PRIOR_LOGIT)
 
     def forward(self, feats):
         b, length, c, h, w = feats.shape
@@ -122,7 +125,7 @@ class SequenceDetector(nn.Module):
         self.backbone = SliceBackbone(cfg.channels, c)
         self.proposal_head = ProposalHead(length, c)
         self.dense_head = nn.Conv2d(c, 1, 1)  # auxiliary: is this cell inside a node's box on its slice?
-        nn.init.constant_(self.dense_head.bias, -4.6)
+        nn.init.constant_(self.dense_head.bias, PRIOR_LOGIT)
         self.roi_embed = nn.Sequential(nn.Flatten(1), nn.Linear(c * cfg.roi_size ** 2, d), nn.ReLU(inplace=True))
         self.box_embed = nn.Linear(4, d)
         self.presence_embed = nn.Embedding(2, d)
@@ -332,6 +335,6 @@ class SequenceDetector(nn.Module):
         refined, d2, rois, pres2, scores, seq = self._stage2(feats, boxes, present, (h, w))
         if targets is not None:
             losses.update(self._stage2_losses(refined, d2, rois, pres2, scores, boxes, present, valid, targets))
-        scores = torch.where(valid, scores, torch.full_like(scores, -20.0))
+        scores = torch.where(valid, scores, torch.full_like(scores, PADDING_SCORE_LOGIT))
         return {"proposals": proposals, "boxes": refined, "presence": pres2, "scores": scores,
                 "seq_features": seq, "valid": valid, "losses": losses}

@@ -16,9 +16,8 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
-from torch.nn import functional as F
 
-from cosam_nn.modeling.backbone import conv_block
+from cosam_nn.modeling.common import conv_block
 from cosam_nn.modeling.config import USAMConfig
 
 

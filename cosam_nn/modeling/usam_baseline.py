@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cosam_nn.losses import mask_iou, mask_loss
+from cosam_nn.modeling.losses import mask_iou, mask_loss
+from cosam_nn.modeling.common import LOGIT_BOUND, window_slices
 from cosam_nn.modeling.config import USAMConfig
 from cosam_nn.modeling.usam import USAM
 
-LOGIT_BOUND = 12.0
 
 
 class USAMSegmenter(nn.Module):
@@ -26,7 +26,7 @@ class USAMSegmenter(nn.Module):
     def _slice_logits(self, window):
         b, _, length, h, w = window.shape
         s = self.usam.cfg.img_size
-        slices = F.interpolate(window.permute(0, 2, 1, 3, 4).reshape(b * length, 1, h, w), size=(s, s),
+        slices = F.interpolate(window_slices(window), size=(s, s),
                                mode="bilinear", align_corners=False)
         embeddings, skips = self.usam.encode(slices)
         pe = self.usam.prompt_encoder

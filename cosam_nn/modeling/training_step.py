@@ -18,9 +18,9 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import box_iou
 
-from cosam_nn.losses import mask_iou, mask_loss
+from cosam_nn.modeling.losses import mask_iou, mask_loss
 from cosam_nn.modeling.ccm import mean_token_per_proposal
-from cosam_nn.crops import crop_slices
+from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.node_geometry import NodeBoxes, expand_boxes, node_boxes_and_instances, union_boxes
 
 PHASES = ("pretrain", "joint")
