@@ -9,7 +9,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from cosam_nn.budget import BUDGET_VARIABLES, checkpoint_interval, read_budget, read_seed, read_snapshots, seed_everything
+from cosam_nn.budget import checkpoint_interval, read_budget, read_seed, read_snapshots, seed_everything
 
 
 class RunSettingsMixin:
@@ -28,8 +28,8 @@ class RunSettingsMixin:
         if environ is not None or not hasattr(self, "_run_settings"):
             self.read_run_settings(environ)
         budget, self.snapshot_epochs, self.seed = self._run_settings
-        for attribute in BUDGET_VARIABLES.values():
-            setattr(self, attribute, budget.get(attribute, getattr(self, attribute)))
+        for attribute, value in budget.items():
+            setattr(self, attribute, value)
         self.save_every = checkpoint_interval(self.num_epochs, self.save_every)
         if self.seed is not None:
             seed_everything(self.seed)
