@@ -1,9 +1,11 @@
 """Where does a trained CoSAM lose nodes? Stage by stage, on the validation cases of its fold.
 
     python bench/diagnose.py RESULTS_FOLD_FOLDER [-tr CoSAMTrainerSmall] [--step 4] [--small-mm 5]
+                             [--test IMAGES_FOLDER LABELS_FOLDER] [--max-cases N]
 
 RESULTS_FOLD_FOLDER is nnU-Net's .../<trainer>__<plans>__3d_fullres/fold_N with checkpoint_final.pth.
-Windows of L slices (step --step) over the preprocessed validation cases of that fold; for every
+Windows of L slices (step --step) over the preprocessed validation cases of that fold (or, with
+--test, over raw test cases preprocessed as nnU-Net's prediction does); for every
 node cross-cut by a window (present on its centre slice), prints the share found at each stage:
 stage-1 proposals, stage-2 boxes, detector score above thresholds, CCM probability, the final
 score, and U-SAM's Dice when prompted with the true box; and the false boxes per window. Then,
@@ -54,6 +56,24 @@ def validation_cases(fold_folder):
     for case in val:
         data, seg, _, _ = ds.load_case(case)
         yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0, spacing
+
+
+def test_cases(fold_folder, images_folder, labels_folder, max_cases=None):
+    """Raw nnU-Net test cases (CASE_0000.nii.gz + CASE.nii.gz), preprocessed with the fold's plans."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    model_folder = os.path.dirname(fold_folder)
+    plans = PlansManager(os.path.join(model_folder, "plans.json"))
+    config = plans.get_configuration("3d_fullres")
+    dataset_json = load_json(os.path.join(model_folder, "dataset.json"))
+    ending = dataset_json["file_ending"]
+    cases = sorted(f[:-len(ending)] for f in os.listdir(labels_folder) if f.endswith(ending))[:max_cases]
+    for case in cases:
+        data, seg, _ = DefaultPreprocessor(verbose=False).run_case(
+            [os.path.join(images_folder, f"{case}_0000{ending}")], os.path.join(labels_folder, case + ending),
+            plans, config, dataset_json)
+        yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0, config.spacing
 
 
 def short_axes(label, spacing):
@@ -186,10 +206,17 @@ def main():
     p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer")
     p.add_argument("--step", type=int, default=4)
     p.add_argument("--small-mm", type=float, default=5.0, dest="small_mm", help="short axis of a small node (mm)")
+    p.add_argument("--test", nargs=2, metavar=("IMAGES_FOLDER", "LABELS_FOLDER"),
+                   help="diagnose these raw cases instead of the fold's validation cases")
+    p.add_argument("--max-cases", type=int, default=None, dest="max_cases")
     a = p.parse_args()
-    if not os.environ.get("nnUNet_preprocessed"):
+    if a.test:
+        cases = test_cases(a.fold_folder, *a.test, max_cases=a.max_cases)
+    elif not os.environ.get("nnUNet_preprocessed"):
         p.error("set nnUNet_preprocessed to the folder the fold was trained from (its splits and data are read there)")
-    report(load_model(a.fold_folder, a.trainer), validation_cases(a.fold_folder), a.step, a.trainer, a.small_mm)
+    else:
+        cases = validation_cases(a.fold_folder)
+    report(load_model(a.fold_folder, a.trainer), cases, a.step, a.trainer, a.small_mm)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
+import json
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from cosam_nn.bootstrap import compare, verdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
 
 
 def _case(dice, found, scores_tp, axes=None):
@@ -73,3 +79,28 @@ def test_rows_must_share_their_cases():
 def test_verdict_words():
     assert verdict(0.01, 0.2) == "ahead" and verdict(-0.3, -0.1) == "behind"
     assert verdict(-0.1, 0.1) == "level" and verdict(None, None) == "n/a"
+
+
+def _work(tmp_path, name, good, settings=None):
+    """A benchmark work folder with one finished run of CoSAMTrainerSmall."""
+    run = {"row": "CoSAMTrainerSmall", "budget": "iterations", "seed": 0, "epochs": 2, "iters": 5,
+           "epoch_seconds": [1.0, 1.0], "train_peak_mib": 100.0,
+           "points": [{"cases": _run(20, good), "predict_s_per_case": 0.5}]}
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "runs.json").write_text(json.dumps({"settings": settings or {"mode": "full"},
+                                                  "runs": {"CoSAMTrainerSmall_it2x5_s0": run}}))
+    return str(folder)
+
+
+def test_pair_runs_pairs_two_work_folders_and_refuses_other_test_sets(tmp_path, capsys, monkeypatch):
+    import pair_runs
+    before, after = _work(tmp_path, "before", False), _work(tmp_path, "after", True)
+    monkeypatch.setattr(sys, "argv", ["pair_runs", before, after, "--draws", "200"])
+    pair_runs.main()
+    out = capsys.readouterr().out
+    assert "CoSAMTrainerSmall (after) - CoSAMTrainerSmall (before)" in out and "**ahead**" in out
+    other = _work(tmp_path, "other", True, settings={"mode": "quick"})
+    monkeypatch.setattr(sys, "argv", ["pair_runs", before, other])
+    with pytest.raises(SystemExit, match="different benchmark settings"):
+        pair_runs.main()

@@ -4,7 +4,8 @@ from torchvision.ops import box_iou
 
 from blobs import blob_windows
 from cosam_nn.modeling.config import CoSAMConfig, DetectorConfig
-from cosam_nn.modeling.sequence_detector import SequenceDetector, decode_boxes, dense_targets, encode_boxes
+from cosam_nn.modeling.sequence_detector import (SequenceDetector, decode_boxes, dense_targets, encode_boxes,
+                                                 jitter_tube, match_iou)
 from cosam_nn.node_geometry import node_boxes
 
 
@@ -82,16 +83,39 @@ def test_detector_learns_to_find_blobs():
     assert before < 0.5 and after >= 0.9, (before, after)
 
 
-def test_dense_targets_mark_the_cells_inside_each_slices_box():
+def test_dense_targets_mark_the_cells_each_slices_box_overlaps():
     det = SequenceDetector(CoSAMConfig.small(window=5).detector)
-    anchors = det._anchors(8, 8, (32, 32), torch.device("cpu"))  # cell centres at 2, 6, 10, ...
+    anchors = det._anchors(8, 8, (32, 32), torch.device("cpu"))  # cells [0, 4), [4, 8), ...
     mask = torch.zeros(5, 32, 32, dtype=torch.bool)
-    mask[1:3, 8:16, 8:16] = True  # box (8, 8, 16, 16) on slices 1 and 2: centres 10 and 14 inside
+    mask[1:3, 8:16, 8:16] = True  # box (8, 8, 16, 16) on slices 1 and 2: cells 2 and 3, not their neighbours
+    mask[4, 3:6, 3:6] = True  # a 3 px node between two cell centres (2 and 6): still cells 0 and 1
     target = dense_targets(anchors, node_boxes(mask))
     expected = torch.zeros(5, 8, 8)
     expected[1:3, 2:4, 2:4] = 1
+    expected[4, 0:2, 0:2] = 1
     assert torch.equal(target, expected)
     assert torch.equal(dense_targets(anchors, node_boxes(torch.zeros(5, 32, 32))), torch.zeros(5, 8, 8))
+
+
+def test_match_iou_forgives_a_pixels_miss_of_a_tiny_node_but_not_a_large_one():
+    node = torch.tensor([[10.0, 10, 14, 14]])
+    missed_by_one = torch.tensor([[11.0, 11, 15, 15]])
+    assert box_iou(missed_by_one, node)[0, 0] < 0.4 <= match_iou(missed_by_one, node, 2.0)[0, 0]
+    far = torch.tensor([[16.0, 16, 20, 20]])
+    assert match_iou(far, node, 2.0)[0, 0] < 0.1
+    big, shifted = torch.tensor([[0.0, 0, 40, 40]]), torch.tensor([[12.0, 12, 52, 52]])
+    assert abs(match_iou(shifted, big, 2.0) - box_iou(shifted, big))[0, 0] < 0.05  # 0.36 against 0.32
+
+
+def test_jittered_tubes_stay_near_their_node_on_every_slice():
+    torch.manual_seed(0)
+    tubes = torch.tensor([[[10.0, 10, 14, 14], [10, 9, 15, 15], [11, 11, 13, 13]]]).repeat(50, 1, 1)
+    moved = jitter_tube(tubes)
+    assert (moved[..., 2:] > moved[..., :2]).all() and (moved >= 0).all()
+    assert not torch.equal(moved, tubes)
+    offset = moved - tubes
+    assert torch.allclose(offset[:, 0, :2], offset[:, 1, :2])  # one move for the whole tube
+    assert offset[:, :, :2].abs().max() <= 2.25 + 1e-5  # 1.5 x 25% of 6 px: a near-miss, not another place
 
 
 def test_cpu_inference_encodes_each_slice_once_and_forgets_on_new_weights():

@@ -32,6 +32,7 @@ from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
 from cosam_nn.modeling.training_step import phase_for_epoch, pretrain_epochs
+from cosam_nn.node_sampling import node_balanced
 from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
 
 SAM_CHECKPOINT_VARIABLE = "COSAM_SAM_CHECKPOINT"
@@ -89,7 +90,8 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     pretrain_fraction = 0.5              # paper: 100 epochs separate, then 100 end to end
     max_inplane = 256
     learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
-    calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
+    calibration_thresholds = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
+    node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
 
@@ -152,6 +154,8 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         fresh = not self.was_initialized
         super().initialize()
         if fresh:
+            if self.node_balanced_sampling:
+                self.dataset_class = node_balanced(self.dataset_class)
             self._maybe_load_sam()
 
     @classmethod

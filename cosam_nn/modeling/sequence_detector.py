@@ -13,8 +13,9 @@ proposal. The class token is the proposal's sequence feature handed to the CCM.
 
 Matching: stage 1 assigns a grid location to the smallest node whose union box (over the window)
 has its centre region around that location (within max(stride, 0.3 x size) of the centre);
-stage 2 assigns a proposal to the node of highest union-box IoU if that IoU >= positive_iou, and
-the true tubes are added to the proposals in training. Losses: sigmoid focal loss for the dense
+stage 2 assigns a proposal to the node of highest `match_iou` (IoU of the union boxes, each grown
+by match_margin pixels, so that a pixel's miss of a tiny node is still a match) if that is >=
+positive_iou, and the true tubes and jittered copies of them are added to the proposals in training. Losses: sigmoid focal loss for the dense
 objectness, BCE (calibrated, so that scores can be thresholded) for the proposal class and
 per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on the slices where the
 node is present, and an auxiliary per-slice focal loss on each slice's features (cells inside a
@@ -61,14 +62,57 @@ def anchor_centres(anchors):
     return (anchors[..., 0] + anchors[..., 2]) / 2, (anchors[..., 1] + anchors[..., 3]) / 2
 
 
+def match_iou(boxes, targets, margin):
+    """IoU (N, T) of boxes (N, 4) and targets (T, 4), each grown by `margin` pixels on every side.
+
+    Plain IoU punishes tiny boxes: a 4 x 4 px node missed by 1 px in x and y scores 0.39 and would
+    be a negative for stage 2, the CCM and U-SAM. Grown by 2 px the same pair scores 0.62, while a
+    40 px node's IoUs barely change.
+    """
+    grow = torch.tensor([-margin, -margin, margin, margin], dtype=boxes.dtype, device=boxes.device)
+    return box_iou(boxes + grow, targets.to(boxes.device) + grow)
+
+
 def dense_targets(anchors, target):
-    """(L, h, w) float: 1 where a grid cell's centre lies inside a node's box on that slice."""
+    """(L, h, w) float: 1 where a grid cell (stride x stride, centred on its anchor) overlaps a node's
+    box on that slice. (Cells whose centre lies inside would leave a 3 px node between two centres
+    without any positive cell.)"""
     cx, cy = anchor_centres(anchors)
+    half = (anchors[0, 0, 2] - anchors[0, 0, 0]) / 4  # anchors are 2 x stride wide; a cell is 1 stride
     boxes = target.boxes.to(anchors.device).transpose(0, 1)[:, None, None]  # (L, 1, 1, N, 4)
-    inside = ((cx[None, ..., None] >= boxes[..., 0]) & (cx[None, ..., None] < boxes[..., 2])
-              & (cy[None, ..., None] >= boxes[..., 1]) & (cy[None, ..., None] < boxes[..., 3])
+    cx, cy = cx[None, ..., None], cy[None, ..., None]
+    inside = ((cx + half > boxes[..., 0]) & (cx - half < boxes[..., 2])
+              & (cy + half > boxes[..., 1]) & (cy - half < boxes[..., 3])
               & target.present.to(anchors.device).T[:, None, None, :])
     return inside.any(-1).float()
+
+
+def jitter_tube(boxes, fraction=0.25):
+    """Tubes (N, L, 4) moved and resized by up to `fraction` of each tube's size (at least 1 px),
+    one random draw per tube, the same on all its slices (a proposal tracks a node as a whole)."""
+    size = (boxes[..., 2:] - boxes[..., :2]).amax(1, keepdim=True).repeat(1, 1, 2)  # (N, 1, 4): w, h, w, h
+    step = (size * fraction).clamp(min=1.0)
+    shift = (torch.rand(boxes.shape[0], 1, 2, device=boxes.device) * 2 - 1).repeat(1, 1, 2)
+    grow = torch.rand(boxes.shape[0], 1, 4, device=boxes.device) * 2 - 1
+    sign = torch.tensor([-0.5, -0.5, 0.5, 0.5], device=boxes.device)
+    moved = boxes + step * (shift + sign * grow)
+    lo = moved[..., :2].clamp(min=0)
+    return torch.cat([lo, torch.maximum(moved[..., 2:], lo + 1)], -1)
+
+
+def node_balanced_weights(assigned):
+    """Objectness weights (h, w) from the node index of each location (-1: background): background 1,
+    and each node's locations share the same total, the mean number of locations per node. A large
+    node owns a block of locations, a small one one or two; unweighted, the large nodes' positives
+    would outweigh the small nodes' many times over."""
+    weights = torch.ones(assigned.shape, device=assigned.device)
+    pos = assigned >= 0
+    if pos.any():
+        counts = torch.bincount(assigned[pos]).float()
+        present = counts > 0
+        mean = counts[present].mean()
+        weights[pos] = mean / counts[assigned[pos]]
+    return weights
 
 
 @dataclass
@@ -197,11 +241,12 @@ class SequenceDetector(nn.Module):
         return sigmoid_focal_loss(logits, target, reduction="sum") / max(1.0, float(target.sum()))
 
     def _stage1_losses(self, objectness, deltas, presence, anchors, targets):
-        obj_t, box_l1, box_giou, pres = [], [], [], []
+        obj_t, obj_w, box_l1, box_giou, pres = [], [], [], [], []
         for b, target in enumerate(targets):
             assigned = self._assign_locations(anchors, target)
             pos = assigned >= 0
             obj_t.append(pos.float())
+            obj_w.append(node_balanced_weights(assigned))
             if not pos.any():
                 continue
             nodes = assigned[pos]
@@ -216,7 +261,8 @@ class SequenceDetector(nn.Module):
         obj_t = torch.stack(obj_t)
         num_pos = max(1.0, float(obj_t.sum()))
         zero = objectness.sum() * 0.0
-        return {"rpn_objectness": sigmoid_focal_loss(objectness, obj_t, reduction="sum") / num_pos,
+        objectness_loss = (sigmoid_focal_loss(objectness, obj_t, reduction="none") * torch.stack(obj_w)).sum() / num_pos
+        return {"rpn_objectness": objectness_loss,
                 "rpn_box_l1": torch.stack(box_l1).mean() if box_l1 else zero + deltas.sum() * 0.0,
                 "rpn_box_giou": torch.stack(box_giou).mean() if box_giou else zero,
                 "rpn_presence": torch.stack(pres).mean() if pres else zero + presence.sum() * 0.0}
@@ -245,6 +291,8 @@ class SequenceDetector(nn.Module):
 
     # ---- stage 2 ------------------------------------------------------------------------------
     def _with_true_tubes(self, proposals, targets):
+        """Training: each window's proposals plus its true tubes and `true_tube_copies` jittered copies
+        of each (stage 2 then sees near-misses of small nodes, labelled by `match_iou` like any proposal)."""
         merged = []
         for p, t in zip(proposals, targets):
             if len(t) == 0:
@@ -252,8 +300,9 @@ class SequenceDetector(nn.Module):
                 continue
             tb, tp = t.boxes.to(p.boxes.device), t.present.to(p.boxes.device)
             filled = torch.where(tp.unsqueeze(-1), tb, union_boxes(tb, tp).unsqueeze(1).expand_as(tb))
-            merged.append(Proposals(torch.cat([p.boxes, filled]), torch.cat([p.present, tp]),
-                                    torch.cat([p.scores, torch.ones(len(t), device=p.scores.device)])))
+            tubes = [filled] + [jitter_tube(filled) for _ in range(self.cfg.true_tube_copies)]
+            merged.append(Proposals(torch.cat([p.boxes, *tubes]), torch.cat([p.present] + [tp] * len(tubes)),
+                                    torch.cat([p.scores, torch.ones(len(t) * len(tubes), device=p.scores.device)])))
         return merged
 
     def _pad(self, proposals, n):
@@ -298,7 +347,7 @@ class SequenceDetector(nn.Module):
             if len(target) == 0:
                 continue
             tb, tp = target.boxes.to(boxes.device), target.present.to(boxes.device)
-            iou = box_iou(union_boxes(boxes[b], present[b]), union_boxes(tb, tp))  # (N, T)
+            iou = match_iou(union_boxes(boxes[b], present[b]), union_boxes(tb, tp), self.cfg.match_margin)  # (N, T)
             best_iou, best = iou.max(1)
             pos = (best_iou >= self.cfg.positive_iou) & valid[b]
             if not pos.any():

@@ -1,0 +1,61 @@
+"""Before against after: the paired comparison of one row's runs in two benchmark work folders.
+
+    python bench/pair_runs.py BEFORE_WORK AFTER_WORK [-tr CoSAMTrainerSmall] [--budget iterations]
+                              [--names before after] [--draws 2000]
+
+A change to a trainer keeps its name, so compare.py cannot hold the code before and after it in one
+work folder. Run compare.py with the same settings and seeds from a checkout of each commit (same
+data seed, hence the same test set) into two work folders, then this prints the table of
+compare.py for the two: each side's metrics with 95% bootstrap intervals over test cases, and the
+after - before difference paired on the same draws, with its verdict.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import budget_table, test_set_counts  # noqa: E402
+
+
+def load_runs(work, row, budget):
+    path = os.path.join(work, "runs.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"pair_runs: cannot read {path}: {e}")
+    runs = [r for r in saved["runs"].values() if r.get("row") == row and r.get("budget") == budget]
+    if not runs:
+        sys.exit(f"pair_runs: {path} holds no finished '{row}' run of the {budget} budget")
+    return saved["settings"], sorted(runs, key=lambda r: r["seed"])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("before")
+    p.add_argument("after")
+    p.add_argument("-tr", default="CoSAMTrainerSmall", dest="row")
+    p.add_argument("--budget", default="iterations", choices=("iterations", "minutes", "long"))
+    p.add_argument("--names", nargs=2, default=("before", "after"))
+    p.add_argument("--draws", type=int, default=2000)
+    a = p.parse_args()
+    settings_b, before = load_runs(a.before, a.row, a.budget)
+    settings_a, after = load_runs(a.after, a.row, a.budget)
+    if settings_b != settings_a:
+        sys.exit("pair_runs: the two work folders were made with different benchmark settings; "
+                 "their test sets differ and cannot be paired")
+    cases_b, cases_a = (set(r["points"][-1]["cases"]) for r in (before[0], after[0]))
+    if cases_b != cases_a:
+        sys.exit("pair_runs: the two work folders hold different test cases")
+    counts = test_set_counts(after[0])
+    names = [f"{a.row} ({n})" for n in a.names]
+    text, _ = budget_table(f"{a.row}, {a.budget} budget: {a.names[1]} against {a.names[0]}",
+                           {names[0]: before, names[1]: after}, names[0], a.draws)
+    print(f"test set: {counts['cases']} cases ({counts['node_free_cases']} node-free), {counts['nodes']} nodes, "
+          f"{counts['small_nodes']} under 5 mm; seeds {[r['seed'] for r in before]} and {[r['seed'] for r in after]}\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
