@@ -32,7 +32,8 @@ setup(
         "scikit-image",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "highdicom>=0.22", "pydicom>=2.4"],
+                    "dicom": ["highdicom>=0.22", "pydicom>=2.4"]},
     entry_points={
         "console_scripts": [
             "cosam_make_synthetic=cosam_nn.synthetic:main",
@@ -42,6 +43,8 @@ setup(
             "cosam_evaluate=cosam_nn.evaluation:main",
             "cosam_report=cosam_nn.report:main",
             "cosam_check_model=cosam_nn.check_model:main",
+            "cosam_dicom_input=cosam_nn.dicom_input:main",
+            "cosam_export_dicom=cosam_nn.dicom_export:main",
         ]
     },
 )

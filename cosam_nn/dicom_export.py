@@ -1,0 +1,269 @@
+"""`cosam_export_dicom`: a prediction as DICOM, for viewers and PACS (OHIF, 3D Slicer, ...).
+
+    cosam_export_dicom --series DICOM_DIR --pred PRED.nii.gz [--probs PRED.npz] -o OUT_DIR
+
+DICOM_DIR holds the CT series the prediction was made from (converted with cosam_convert_meply,
+predicted with nnUNetv2_predict). Writes into OUT_DIR:
+- `seg.dcm`, a DICOM Segmentation (binary) that references the source series: one segment per
+  node, numbered as cosam_report numbers them, each a "Lymph node" of category "Morphologically
+  abnormal structure" (SNOMED CT) with a tracking ID "node K" and the algorithm identified as
+  CoSAM with the package version;
+- `sr.dcm`, a Comprehensive 3D Structured Report (TID 1500 measurement report) with, per node, a
+  volumetric ROI group that references its segment and holds short axis, long axis (mm), volume
+  (mm^3) and the confidence (probability, from --probs, else 1.0), as in cosam_report; and a
+  case group with the number of nodes at or above cosam_report's confidence threshold (0.5).
+Needs the optional extra: pip install "cosam-nn[dicom]" (highdicom, pydicom).
+
+The prediction must have the series' geometry (size, spacing, origin, orientation) as
+SimpleITK reads the series; a mismatch, a series with missing or repeated slices, more than one
+series or a modality other than CT is refused with one line, and nothing is written.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+import SimpleITK as sitk
+
+import cosam_nn
+from cosam_nn.fileio import load_foreground_probabilities
+from cosam_nn.node_geometry import label_nodes
+from cosam_nn.report import report_case
+
+ALGORITHM_NAME = "CoSAM (cosam-nn)"
+SPACING_TOLERANCE = 0.02    # relative, between slice gaps of one series
+GEOMETRY_TOLERANCE_MM = 0.01
+
+
+# no standard code counts the metastatic nodes of a case: a private one (99 = private scheme)
+NODE_COUNT = ("NODECOUNT", "99COSAM", "Metastatic lymph nodes at or above the confidence threshold")
+COUNT = ("{count}", "UCUM", "count")
+
+
+class ExportError(ValueError):
+    """A fault in the inputs; the message names the file or folder."""
+
+
+def _highdicom():
+    try:
+        import highdicom
+        import pydicom
+    except ImportError:
+        raise ExportError('DICOM export needs highdicom and pydicom: pip install "cosam-nn[dicom]"') from None
+    return highdicom, pydicom
+
+
+def read_ct_series(folder):
+    """The CT slices of the one series in `folder` (headers only), sorted along the slice normal."""
+    _, pydicom = _highdicom()
+    if not os.path.isdir(folder):
+        raise ExportError(f"{folder}: not a folder of DICOM files")
+    slices = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        if "SeriesInstanceUID" in ds and "ImagePositionPatient" in ds:
+            slices.append(ds)
+    if not slices:
+        raise ExportError(f"{folder}: no DICOM image slices found")
+    series = sorted({ds.SeriesInstanceUID for ds in slices})
+    if len(series) > 1:
+        raise ExportError(f"{folder}: {len(series)} DICOM series in one folder ({', '.join(series)}); "
+                          f"give the folder of the series that was predicted")
+    modality = {str(ds.get("Modality", "")) for ds in slices}
+    if modality != {"CT"}:
+        raise ExportError(f"{folder}: modality {', '.join(sorted(modality))}, expected CT")
+    normal = slice_normal(slices[0])
+    slices.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    _check_spacing(folder, slices, normal)
+    return slices
+
+
+def slice_normal(ds):
+    row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
+    return np.cross(row, col)
+
+
+def _check_spacing(folder, slices, normal):
+    positions = np.array([np.dot(normal, np.asarray(ds.ImagePositionPatient, float)) for ds in slices])
+    if len(slices) < 2:
+        return
+    gaps = np.diff(positions)
+    step = float(np.median(gaps))
+    if step <= 0 or np.any(gaps <= 0):
+        raise ExportError(f"{folder}: {int(np.sum(gaps <= 0))} slice(s) at a repeated position; "
+                          f"the folder holds more than one acquisition")
+    odd = np.flatnonzero(np.abs(gaps - step) > SPACING_TOLERANCE * step)
+    if len(odd):
+        where = ", ".join(f"after instance {slices[i].get('InstanceNumber', i + 1)} ({gaps[i]:.2f} mm)" for i in odd[:3])
+        raise ExportError(f"{folder}: irregular slice spacing (median {step:.2f} mm; {where}): missing slices?")
+
+
+def series_geometry(slices):
+    """(size xyz, spacing xyz, origin, direction as SimpleITK orders it) of sorted CT slices."""
+    first = slices[0]
+    row, col = np.asarray(first.ImageOrientationPatient[:3], float), np.asarray(first.ImageOrientationPatient[3:], float)
+    normal = np.cross(row, col)
+    if len(slices) > 1:
+        step = np.dot(normal, np.asarray(slices[-1].ImagePositionPatient, float)
+                      - np.asarray(first.ImagePositionPatient, float)) / (len(slices) - 1)
+    else:
+        step = float(first.get("SliceThickness", 1.0))
+    spacing = (float(first.PixelSpacing[1]), float(first.PixelSpacing[0]), float(step))
+    size = (int(first.Columns), int(first.Rows), len(slices))
+    direction = np.stack([row, col, normal], axis=1).ravel()
+    return size, spacing, np.asarray(first.ImagePositionPatient, float), direction
+
+
+def check_geometry(pred, slices, pred_path):
+    size, spacing, origin, direction = series_geometry(slices)
+    faults = []
+    if tuple(pred.GetSize()) != size:
+        faults.append(f"size {pred.GetSize()} against the series' {size}")
+    elif not np.allclose(pred.GetSpacing(), spacing, rtol=1e-3, atol=1e-3):
+        faults.append(f"spacing {tuple(round(s, 4) for s in pred.GetSpacing())} against {tuple(round(s, 4) for s in spacing)}")
+    elif not np.allclose(pred.GetDirection(), direction, atol=1e-3):
+        faults.append("orientation differs from the series'")
+    elif not np.allclose(pred.GetOrigin(), origin, atol=GEOMETRY_TOLERANCE_MM + 1e-3 * np.abs(origin).max()):
+        faults.append(f"origin {tuple(round(o, 2) for o in pred.GetOrigin())} against the first slice's "
+                      f"{tuple(round(o, 2) for o in origin)}")
+    if faults:
+        raise ExportError(f"{pred_path}: does not match the DICOM series: {faults[0]}")
+
+
+def _read_prediction(pred_path, probs_path):
+    try:
+        pred = sitk.ReadImage(pred_path)
+    except RuntimeError as e:
+        raise ExportError(f"{pred_path}: unreadable prediction ({str(e).strip().splitlines()[-1]})") from None
+    seg = sitk.GetArrayFromImage(pred)
+    if not set(np.unique(seg).tolist()) <= {0, 1}:
+        raise ExportError(f"{pred_path}: prediction is not binary (0 background, 1 node)")
+    probs = None
+    if probs_path:
+        try:
+            probs = load_foreground_probabilities(probs_path, seg.shape).astype(np.float64)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
+    return pred, seg > 0, probs
+
+
+def _algorithm(hd):
+    from pydicom.sr.codedict import codes
+    return hd.AlgorithmIdentificationSequence(name=ALGORITHM_NAME, version=cosam_nn.__version__,
+                                              family=codes.cid7162.ArtificialIntelligence)
+
+
+def segmentation(hd, slices, instances, report):
+    """The DICOM Segmentation: segment k = node k of `instances` (Z, Y, X), frames = the slices."""
+    from pydicom.sr.codedict import codes
+    algorithm = _algorithm(hd)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=node["node"], segment_label=f"node {node['node']}",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.LymphNode, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=f"node {node['node']}")
+        for node in report["nodes"]]
+    dtype = np.uint8 if instances.max(initial=0) < 256 else np.uint16
+    return hd.seg.Segmentation(
+        source_images=slices, pixel_array=instances.astype(dtype),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=int(slices[0].get("SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cosam-nn",
+        manufacturer_model_name=ALGORITHM_NAME, software_versions=cosam_nn.__version__, device_serial_number="0",
+        series_description="CoSAM lymph nodes")
+
+
+def structured_report(hd, slices, seg, report):
+    """TID 1500 measurement report: one volumetric ROI group per node, referencing its segment of
+    `seg` (None when no node was found), and the case's node count."""
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=ALGORITHM_NAME))
+    groups = []
+    for node in report["nodes"]:
+        k = node["node"]
+        measurements = [
+            hd.sr.Measurement(name=codes.SCT.ShortAxis, value=node["short_axis_mm"], unit=codes.UCUM.Millimeter),
+            hd.sr.Measurement(name=codes.SCT.LongAxis, value=node["long_axis_mm"], unit=codes.UCUM.Millimeter),
+            hd.sr.Measurement(name=codes.SCT.Volume, value=node["volume_mm3"], unit=codes.UCUM.CubicMillimeter),
+            hd.sr.Measurement(name=codes.DCM.Probability, value=node["confidence"], unit=codes.UCUM.NoUnits),
+        ]
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"node {k}"),
+            referenced_segment=hd.sr.ReferencedSegment(  # (from_segmentation fails on a one-frame segment)
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=k,
+                source_series=hd.sr.SourceSeriesForSegmentation(slices[0].SeriesInstanceUID)),
+            finding_type=codes.SCT.LymphNode, measurements=measurements))
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(  # the case as a whole, also when no node was found
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="case"),
+        measurements=[hd.sr.Measurement(name=Code(*NODE_COUNT), value=report["nodes_at_or_above_threshold"],
+                                        unit=Code(*COUNT))]))
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(slices) + ([seg] if seg is not None else []), content=content, series_instance_uid=hd.UID(),
+        series_number=int(slices[0].get("SeriesNumber", 0) or 0) + 1001, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="cosam-nn", series_description="CoSAM lymph node measurements")
+
+
+def export(series_dir, pred_path, out_dir, probs_path=None):
+    """Write seg.dcm and sr.dcm (only sr.dcm when no node was found) into out_dir; returns their paths."""
+    hd, _ = _highdicom()
+    slices = read_ct_series(series_dir)
+    pred, seg, probs = _read_prediction(pred_path, probs_path)
+    check_geometry(pred, slices, pred_path)
+    case = os.path.basename(pred_path).split(".")[0]
+    report = report_case(pred, seg, probs, case=case)
+    instances, _ = label_nodes(seg)
+    seg_ds = segmentation(hd, slices, instances, report) if report["nodes"] else None
+    objects = [("seg.dcm", seg_ds)] if seg_ds is not None else []
+    objects.append(("sr.dcm", structured_report(hd, slices, seg_ds, report)))
+    return _write_all(out_dir, objects), report
+
+
+def _write_all(out_dir, objects):
+    """Write every object to a temporary folder beside out_dir, then move them in: all or nothing."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".cosam_export_", dir=out_dir)
+    try:
+        for name, ds in objects:
+            ds.save_as(os.path.join(tmp, name), enforce_file_format=True)
+        paths = []
+        for name, _ in objects:
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+            paths.append(os.path.join(out_dir, name))
+        return paths
+    finally:
+        for f in os.listdir(tmp):
+            os.remove(os.path.join(tmp, f))
+        os.rmdir(tmp)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="cosam_export_dicom", description=__doc__.splitlines()[0])
+    p.add_argument("--series", required=True, help="folder of the CT series the prediction was made from")
+    p.add_argument("--pred", required=True, help="predicted mask (.nii.gz, nnUNetv2_predict's output)")
+    p.add_argument("--probs", default=None, help="nnU-Net .npz probabilities of this case (node confidences)")
+    p.add_argument("-o", required=True, dest="out", help="output folder for seg.dcm and sr.dcm")
+    a = p.parse_args(argv)
+    try:
+        paths, report = export(a.series, a.pred, a.out, a.probs)
+    except ExportError as e:
+        print(f"cosam_export_dicom: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{report['case']}: {len(report['nodes'])} node(s); wrote {', '.join(paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
