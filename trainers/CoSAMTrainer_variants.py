@@ -37,6 +37,26 @@ class CoSAMTrainerSmall_noE2E(CoSAMTrainerSmall):
     pretrain_fraction = 1.0
 
 
+class CoSAMTrainerSmall_plainMatch(CoSAMTrainerSmall):
+    """Ablation: proposals match nodes by plain IoU and no jittered true tubes are added."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, match_margin=0.0, true_tube_copies=0))
+
+
+class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
+    """Ablation: windows centred on foreground voxels uniformly and stage-1 positives unweighted, so
+    large nodes dominate both, as in plain nnU-Net sampling."""
+    node_balanced_sampling = False
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, node_balanced_objectness=False))
+
+
 class CoSAMTrainer_window5(CoSAMTrainer):
     window = 5
 

@@ -246,7 +246,8 @@ class SequenceDetector(nn.Module):
             assigned = self._assign_locations(anchors, target)
             pos = assigned >= 0
             obj_t.append(pos.float())
-            obj_w.append(node_balanced_weights(assigned))
+            obj_w.append(node_balanced_weights(assigned) if self.cfg.node_balanced_objectness
+                         else torch.ones(assigned.shape, device=assigned.device))
             if not pos.any():
                 continue
             nodes = assigned[pos]
