@@ -54,18 +54,31 @@ def _case():
 def test_the_threshold_that_drops_the_false_box_wins(monkeypatch):
     model = CoSAM(replace(CoSAMConfig.small(window=5), nms_iou=1.0)).eval()
     monkeypatch.setattr(model, "candidates", _fake_candidates)
-    best, dice = calibrate(model, [_case(), _case()], PATCH, (0.3, 0.5, 0.9))
-    assert dice[0.5] == pytest.approx(1.0)          # the node exactly, counted once across the tiles
+    best, scores = calibrate(model, [_case(), _case()], PATCH, (0.3, 0.5, 0.9))
+    assert scores[0.5] == pytest.approx((1.0, 1.0))   # the node exactly, counted once across the tiles
     node, decoy = 5 * 6 * 8, 8 * 6 * 6
-    assert dice[0.3] == pytest.approx(2 * node / (2 * node + decoy))
-    assert dice[0.9] == 0.0
+    assert scores[0.3] == pytest.approx((2 * node / (2 * node + decoy), 2 * 2 / (2 * 2 + 2)))  # 2 decoys false
+    assert scores[0.9] == (0.0, 0.0)
     assert best == 0.5
     # a volume shorter than the window: padded for the model, the padding never counted
     short_image, short_label = _case()[0][:, 2:5], _case()[1][2:5]
     _, short = calibrate(model, [(short_image, short_label)], PATCH, (0.5,))
-    assert short[0.5] == pytest.approx(1.0)
+    assert short[0.5] == pytest.approx((1.0, 1.0))
     with pytest.raises(ValueError, match="no validation cases"):
         calibrate(model, [], PATCH, (0.5,))
+
+
+def test_a_false_speck_that_dice_forgives_still_raises_the_threshold(monkeypatch):
+    """A one-voxel decoy costs Dice 0.002 (within the tolerance: Dice alone picks 0.3) but is a false
+    node: Dice + node F1 picks the threshold that drops it."""
+    model = CoSAM(replace(CoSAMConfig.small(window=5), nms_iou=1.0)).eval()
+    monkeypatch.setattr(model, "candidates", _fake_candidates)
+    image, label = _case()
+    image[0][DECOY] = 0.0
+    image[0, 4, 26, 4] = 2.0
+    best, scores = calibrate(model, [(image, label)], PATCH, (0.3, 0.5))
+    assert pick_threshold({t: d for t, (d, _) in scores.items()}) == 0.3
+    assert scores[0.3][1] == pytest.approx(2 / 3) and best == 0.5
 
 
 def test_the_threshold_travels_with_the_weights():

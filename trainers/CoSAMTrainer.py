@@ -90,7 +90,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     pretrain_fraction = 0.5              # paper: 100 epochs separate, then 100 end to end
     max_inplane = 256
     learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
-    calibration_thresholds = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
+    calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
     node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
@@ -266,12 +266,12 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
                                      folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         model.eval()
         with self._autocast():
-            best, dice = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
-                                   self.configuration_manager.patch_size, self.calibration_thresholds)
+            best, scores = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
+                                     self.configuration_manager.patch_size, self.calibration_thresholds)
         model.score_threshold.fill_(best)
-        table = ", ".join(f"{t:g}: {d:.3f}" for t, d in dice.items())
+        table = ", ".join(f"{t:g}: {d:.3f} / {f1:.3f}" for t, (d, f1) in scores.items())
         self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
-                               f"(mean Dice by threshold: {table})")
+                               f"(mean Dice / node F1 by threshold: {table})")
 
     def _calibration_case(self, dataset, key):
         data, seg, _, _ = dataset.load_case(key)
