@@ -1,7 +1,7 @@
 """Where does a trained CoSAM lose nodes? Stage by stage, on the validation cases of its fold.
 
     python bench/diagnose.py RESULTS_FOLD_FOLDER [-tr CoSAMTrainerSmall] [--step 4] [--small-mm 5]
-                             [--test IMAGES_FOLDER LABELS_FOLDER] [--max-cases N]
+                             [--test IMAGES_FOLDER LABELS_FOLDER] [--max-cases N] [-chk CHECKPOINT]
 
 RESULTS_FOLD_FOLDER is nnU-Net's .../<trainer>__<plans>__3d_fullres/fold_N with checkpoint_final.pth.
 Windows of L slices (step --step) over the preprocessed validation cases of that fold (or, with
@@ -33,12 +33,12 @@ from cosam_nn.trainer_dir import trainer_dir
 THRESHOLDS = (0.1, 0.25, 0.5)
 
 
-def load_model(fold_folder, trainer_name):
+def load_model(fold_folder, trainer_name, checkpoint="checkpoint_final.pth"):
     trainer = recursive_find_python_class(trainer_dir(), trainer_name, "cosam_nn.trainers")
     model = CoSAM(trainer.cosam_config())
     # nnU-Net's checkpoints carry numpy training logs, which weights_only=True refuses; nnU-Net loads
     # them this way too. Only point this at checkpoints you trained yourself.
-    ckpt = torch.load(os.path.join(fold_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(fold_folder, checkpoint), map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["network_weights"])
     return model.eval()
 
@@ -209,6 +209,7 @@ def main():
     p.add_argument("--test", nargs=2, metavar=("IMAGES_FOLDER", "LABELS_FOLDER"),
                    help="diagnose these raw cases instead of the fold's validation cases")
     p.add_argument("--max-cases", type=int, default=None, dest="max_cases")
+    p.add_argument("-chk", default="checkpoint_final.pth", dest="checkpoint", help="checkpoint file in the fold folder")
     a = p.parse_args()
     if a.test:
         cases = test_cases(a.fold_folder, *a.test, max_cases=a.max_cases)
@@ -216,7 +217,7 @@ def main():
         p.error("set nnUNet_preprocessed to the folder the fold was trained from (its splits and data are read there)")
     else:
         cases = validation_cases(a.fold_folder)
-    report(load_model(a.fold_folder, a.trainer), cases, a.step, a.trainer, a.small_mm)
+    report(load_model(a.fold_folder, a.trainer, a.checkpoint), cases, a.step, a.trainer, a.small_mm)
 
 
 if __name__ == "__main__":
