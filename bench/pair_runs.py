@@ -1,12 +1,13 @@
 """Before against after: the paired comparison of one row's runs in two benchmark work folders.
 
-    python bench/pair_runs.py BEFORE_WORK AFTER_WORK [-tr CoSAMTrainerSmall] [--budget iterations]
-                              [--names before after] [--draws 2000]
+    python bench/pair_runs.py BEFORE_WORK AFTER_WORK [-tr CoSAMTrainerSmall] [--after-tr TRAINER]
+                              [--budget iterations] [--names before after] [--draws 2000]
 
 A change to a trainer keeps its name, so compare.py cannot hold the code before and after it in one
 work folder. Run compare.py with the same settings and seeds from a checkout of each commit (same
 data seed, hence the same test set) into two work folders, then this prints the table of
-compare.py for the two: each side's metrics with 95% bootstrap intervals over test cases, and the
+compare.py for the two (--after-tr: the after side is another row, e.g. a variant that became the
+default): each side's metrics with 95% bootstrap intervals over test cases, and the
 after - before difference paired on the same draws, with its verdict.
 """
 import argparse
@@ -36,12 +37,13 @@ def main():
     p.add_argument("before")
     p.add_argument("after")
     p.add_argument("-tr", default="CoSAMTrainerSmall", dest="row")
+    p.add_argument("--after-tr", default=None, dest="after_row", help="the after side's row (default: -tr)")
     p.add_argument("--budget", default="iterations", choices=("iterations", "minutes", "long"))
     p.add_argument("--names", nargs=2, default=("before", "after"))
     p.add_argument("--draws", type=int, default=2000)
     a = p.parse_args()
     settings_b, before = load_runs(a.before, a.row, a.budget)
-    settings_a, after = load_runs(a.after, a.row, a.budget)
+    settings_a, after = load_runs(a.after, a.after_row or a.row, a.budget)
     if settings_b != settings_a:
         sys.exit("pair_runs: the two work folders were made with different benchmark settings; "
                  "their test sets differ and cannot be paired")
@@ -49,7 +51,7 @@ def main():
     if cases_b != cases_a:
         sys.exit("pair_runs: the two work folders hold different test cases")
     counts = test_set_counts(after[0])
-    names = [f"{a.row} ({n})" for n in a.names]
+    names = [f"{row} ({n})" for row, n in zip((a.row, a.after_row or a.row), a.names)]
     text, _ = budget_table(f"{a.row}, {a.budget} budget: {a.names[1]} against {a.names[0]}",
                            {names[0]: before, names[1]: after}, names[0], a.draws)
     print(f"test set: {counts['cases']} cases ({counts['node_free_cases']} node-free), {counts['nodes']} nodes, "

@@ -91,7 +91,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     max_inplane = 256
     learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
     calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
-    node_balanced_sampling = False       # True: foreground windows centred on each node equally often (node_sampling)
+    node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
 

@@ -46,16 +46,15 @@ class CoSAMTrainerSmall_plainMatch(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, match_margin=0.0, true_tube_copies=0))
 
 
-class CoSAMTrainerSmall_nodeBalanced(CoSAMTrainerSmall):
-    """Every node of a case equally likely as a window centre, and each node's stage-1 positives
-    weighted to the same total (by default large nodes dominate both, as in nnU-Net). Measured at
-    120 iterations: small-node sensitivity level, FROC and AP behind (bench/RESULTS.md)."""
-    node_balanced_sampling = True
+class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
+    """Ablation: windows centred on foreground voxels drawn uniformly and stage-1 positives unweighted,
+    so large nodes dominate both, as in plain nnU-Net."""
+    node_balanced_sampling = False
 
     @classmethod
     def cosam_config(cls):
         cfg = super().cosam_config()
-        return replace(cfg, detector=replace(cfg.detector, node_balanced_objectness=True))
+        return replace(cfg, detector=replace(cfg.detector, node_balanced_objectness=False))
 
 
 class CoSAMTrainer_window5(CoSAMTrainer):
