@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from cosam_nn.fileio import write_text_atomic
+from cosam_nn.fileio import write_image_atomic, write_text_atomic
 
 BOX_CONVENTION = __doc__[__doc__.index("`box_voxel_zyx`"):__doc__.index("Beside them")].replace("\n", " ")
 
@@ -64,13 +64,7 @@ def write_instances_and_detections(folder, image, instances, report):
     dtype = np.uint8 if instances.max(initial=0) < 256 else np.uint16
     out = sitk.GetImageFromArray(instances.astype(dtype))
     out.CopyInformation(image)
-    tmp = f"{instance_path}.{os.getpid()}.tmp.nii.gz"  # SimpleITK picks the format by the ending
-    try:
-        sitk.WriteImage(out, tmp, True)
-        os.replace(tmp, instance_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_image_atomic(out, instance_path)
     detections_path = os.path.join(folder, f"{case}_detections.json")
     write_text_atomic(detections_path, json.dumps({"case": case, "box_convention": BOX_CONVENTION,
                                                    "confidence_source": report["confidence_source"],

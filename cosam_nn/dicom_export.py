@@ -24,12 +24,10 @@ import sys
 import tempfile
 
 import numpy as np
-import SimpleITK as sitk
 
 import cosam_nn
-from cosam_nn.fileio import load_foreground_probabilities
 from cosam_nn.node_geometry import label_nodes
-from cosam_nn.report import report_case
+from cosam_nn.report import ReportError, load_prediction, report_case
 
 ALGORITHM_NAME = "CoSAM (cosam-nn)"
 SPACING_TOLERANCE = 0.02    # relative, between slice gaps of one series
@@ -139,19 +137,9 @@ def check_geometry(pred, slices, pred_path):
 
 def _read_prediction(pred_path, probs_path):
     try:
-        pred = sitk.ReadImage(pred_path)
-    except RuntimeError as e:
-        raise ExportError(f"{pred_path}: unreadable prediction ({str(e).strip().splitlines()[-1]})") from None
-    seg = sitk.GetArrayFromImage(pred)
-    if not set(np.unique(seg).tolist()) <= {0, 1}:
-        raise ExportError(f"{pred_path}: prediction is not binary (0 background, 1 node)")
-    probs = None
-    if probs_path:
-        try:
-            probs = load_foreground_probabilities(probs_path, seg.shape).astype(np.float64)
-        except ValueError as e:
-            raise ExportError(str(e)) from None
-    return pred, seg > 0, probs
+        return load_prediction(pred_path, probs_path)
+    except ReportError as e:
+        raise ExportError(str(e)) from None
 
 
 def _algorithm(hd):

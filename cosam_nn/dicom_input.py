@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from cosam_nn.dataset_conversion.Dataset501_Meply import check_case
 from cosam_nn.dataset_conversion.readers import ConversionError, read_image
+from cosam_nn.fileio import write_image_atomic
 
 
 def dicom_to_input(series_dir, images_folder, case=None, allow_non_hu=False, warn=print):
@@ -28,15 +29,7 @@ def dicom_to_input(series_dir, images_folder, case=None, allow_non_hu=False, war
     empty.CopyInformation(image)
     image, _ = check_case(case, image, empty, warn, allow_non_hu)
     os.makedirs(images_folder, exist_ok=True)
-    path = os.path.join(images_folder, f"{case}_0000.nii.gz")
-    tmp = f"{path}.{os.getpid()}.tmp.nii.gz"  # SimpleITK picks the format by the ending
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_image_atomic(image, os.path.join(images_folder, f"{case}_0000.nii.gz"))
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ import zipfile
 from contextlib import contextmanager
 
 import numpy as np
+import SimpleITK as sitk
 
 # zip entries carry a timestamp; a fixed one makes the same arrays give the same bytes
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -31,6 +32,23 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_image_atomic(image, path):
+    """A SimpleITK image written compressed to a temporary name ending like `path` (SimpleITK picks
+    the format by the ending), then renamed onto `path`."""
+    tmp = f"{path}.{os.getpid()}.tmp{_image_ending(path)}"
+    try:
+        sitk.WriteImage(image, tmp, True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _image_ending(path):
+    return ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
 
 
 def write_text_atomic(path, text):

@@ -88,8 +88,16 @@ def _read(path, what):
 
 
 def _load_case(image_path, pred_path, probs_path):
-    image, pred = _read(image_path, "image"), _read(pred_path, "prediction")
-    fault = geometry_mismatch(image, pred, "image", "prediction")
+    image = _read(image_path, "image")
+    _, seg, probs = load_prediction(pred_path, probs_path, image)
+    return image, seg, probs
+
+
+def load_prediction(pred_path, probs_path=None, image=None):
+    """(prediction image, (Z, Y, X) bool, foreground probabilities or None) of one case, checked: readable,
+    of `image`'s geometry when given, binary, probabilities of its shape. Raises ReportError."""
+    pred = _read(pred_path, "prediction")
+    fault = geometry_mismatch(image, pred, "image", "prediction") if image is not None else None
     if fault:
         raise ReportError(f"{pred_path}: does not match the image: {fault}")
     seg = sitk.GetArrayFromImage(pred)
@@ -101,7 +109,7 @@ def _load_case(image_path, pred_path, probs_path):
             probs = load_foreground_probabilities(probs_path, seg.shape).astype(np.float64)
         except ValueError as e:
             raise ReportError(str(e)) from None
-    return image, seg > 0, probs
+    return pred, seg > 0, probs
 
 
 def _cases(image_arg, pred_arg, probs_arg):
