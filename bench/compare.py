@@ -1,11 +1,14 @@
-"""CoSAM against nnU-Net's own network on a fixed synthetic benchmark: equal iterations, equal
-minutes, learning curves, each metric with a bootstrap interval over the test cases.
+"""CoSAM against nnU-Net's own network on a fixed benchmark: equal iterations, equal minutes,
+learning curves, each metric with a bootstrap interval over the test cases.
 
     python bench/compare.py [--quick] [--work bench_work/compare] [-tr ROW ...] [--seed S] [--repeats N]
-                            [--minutes M|auto|0] [--long F] [--keep]
+                            [--minutes M|auto|0] [--long F] [--keep] [--real IMAGES_LABELS_FOLDER]
 
 Data: synthetic cases (fixed seed) -> cosam_convert_meply -> nnUNetv2_plan_and_preprocess, with a
-large test split (only predicted, so cheap) of which a fixed share is node-free.
+large test split (only predicted, so cheap) of which a fixed share is node-free. With --real FOLDER
+(an images/ + labels/ folder of real CT, e.g. crops around lung nodules): a fixed, seeded subset of
+its cases is copied into the work folder, split by patient (the case name up to its first "_") so
+that no patient is in both training and test, and converted with `cosam_convert_meply --split`.
 Budgets, each row trained from scratch for each (seeds S, S+1, ... for --repeats):
 - iterations: every row EPOCHS x ITERS iterations;
 - minutes: every row M minutes of training (epoch time measured, not wall time of the process): the
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import sys
@@ -45,8 +49,51 @@ SETTINGS = {  # training cases, test cases, node-free share of the test cases, s
     "full": dict(train_cases=38, test_cases=60, test_node_free=0.2, shape=(32, 96, 96), epochs=8, iters=15,
                  fractions=(1 / 2,)),
 }
+REAL_SETTINGS = {  # training and test cases drawn from the real-CT folder, epochs x iterations
+    "quick": dict(train_cases=16, test_cases=10, epochs=2, iters=10, fractions=(0.5,)),
+    "full": dict(train_cases=160, test_cases=100, epochs=8, iters=40, fractions=()),
+}
 METRIC_NAMES = {"dice": "Dice", "froc": "FROC score", "ap10": "AP@0.1", "sens_small": "sens. < 5 mm"}
 WARMUP_EPOCHS = 2
+
+
+def patient_of(case):
+    return case.split("_", 1)[0]
+
+
+def real_subset(names, train_cases, test_cases, seed):
+    """(train, test) case names: whole patients in a seeded order, test first, each list at least the
+    count asked for (a patient's cases stay together)."""
+    patients = sorted({patient_of(n) for n in names})
+    random.Random(seed).shuffle(patients)
+    by_patient = {p: sorted(n for n in names if patient_of(n) == p) for p in patients}
+    train, test = [], []
+    for p in patients:
+        if len(test) < test_cases:
+            test += by_patient[p]
+        elif len(train) < train_cases:
+            train += by_patient[p]
+    if len(test) < test_cases or len(train) < train_cases:
+        sys.exit(f"compare: the real-CT folder holds {len(names)} cases; {train_cases} + {test_cases} are needed")
+    return train, test
+
+
+def copy_real_cases(source, target, train_cases, test_cases, seed):
+    """Copy the chosen cases of an images/ + labels/ folder into `target`; returns the split file."""
+    images, labels = os.path.join(source, "images"), os.path.join(source, "labels")
+    if not (os.path.isdir(images) and os.path.isdir(labels)):
+        sys.exit(f"compare: --real {source}: no images/ and labels/ folders there (real CT crops with masks, "
+                 f"the layout cosam_convert_meply --format images reads)")
+    files = {f[: -len(".nii.gz")]: f for f in os.listdir(images) if f.endswith(".nii.gz")}
+    train, test = real_subset(sorted(files), train_cases, test_cases, seed)
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(target, sub))
+    for case in train + test:
+        for sub, folder in (("images", images), ("labels", labels)):
+            shutil.copy2(os.path.join(folder, files[case]), os.path.join(target, sub, files[case]))
+    split = os.path.join(os.path.dirname(target), "real_split.json")
+    write_text_atomic(split, json.dumps({"train": train, "test": test}, indent=1))
+    return split
 
 
 def parse_row(row):
@@ -84,7 +131,7 @@ class Bench:
             saved = json.load(f)
         return saved["runs"] if saved.get("settings") == self.settings else {}
 
-    def prepare(self, configurations):
+    def prepare(self, configurations, real=None):
         raw_ready = os.path.isdir(os.path.join(self.pipe.raw, "labelsTs"))
         planned = all(os.path.isdir(os.path.join(self.pipe.env["nnUNet_preprocessed"], os.path.basename(self.pipe.raw),
                                                  f"nnUNetPlans_{c}")) for c in configurations)
@@ -92,10 +139,19 @@ class Bench:
             return
         self.runs = {}  # prepare() starts the work folder afresh
         cfg = self.cfg
+        if real:
+            self.pipe.reset()
+            source = os.path.join(self.pipe.work, "real_input")
+            split = copy_real_cases(real, source, cfg["train_cases"], cfg["test_cases"], SEED_DATA)
+            self.pipe.convert_and_plan(source, configurations, ["--format", "images", "--split", split])
+            return
         self.pipe.prepare(cfg["train_cases"] + cfg["test_cases"], cfg["shape"], seed=SEED_DATA,
                           configurations=configurations,
                           synthetic_options=["--test-cases", str(cfg["test_cases"]),
                                              "--test-node-free", str(cfg["test_node_free"])])
+
+    def train_cases(self):
+        return [f for f in os.listdir(os.path.join(self.pipe.raw, "labelsTr")) if f.endswith(".nii.gz")]
 
     def save(self):
         write_text_atomic(self.runs_path, json.dumps({"settings": self.settings, "runs": self.runs}, indent=1))
@@ -274,6 +330,8 @@ def main():
                    help="also train the first row for F times the iterations (learning curve only)")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--keep", action="store_true", help="reuse the finished runs of the same settings in --work")
+    p.add_argument("--real", metavar="FOLDER",
+                   help="benchmark on real CT: an images/ + labels/ folder (cases named PATIENT_...) instead of synthetic data")
     a = p.parse_args()
     if a.repeats < 1 or a.draws < 100:
         p.error("--repeats must be at least 1 and --draws at least 100")
@@ -285,11 +343,16 @@ def main():
         if minutes < 0:
             p.error("--minutes must not be negative")
     mode = "quick" if a.quick else "full"
-    cfg = SETTINGS[mode]
-    settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), fractions=list(cfg["fractions"]), data_seed=SEED_DATA)
+    if a.real:
+        cfg = REAL_SETTINGS[mode]
+        settings = dict(cfg, mode=mode, fractions=list(cfg["fractions"]), data_seed=SEED_DATA,
+                        real=os.path.abspath(a.real))
+    else:
+        cfg = SETTINGS[mode]
+        settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), fractions=list(cfg["fractions"]), data_seed=SEED_DATA)
     bench = Bench(a.work, cfg, settings, a.keep)
     baseline, seeds = a.rows[0], [a.seed + r for r in range(a.repeats)]
-    bench.prepare(sorted({parse_row(r)[1] for r in a.rows}))
+    bench.prepare(sorted({parse_row(r)[1] for r in a.rows}), real=a.real)
 
     print(f"equal iterations: {cfg['epochs']} x {cfg['iters']}", flush=True)
     iteration_runs = {row: [bench.run(f"{row.replace(' ', '_')}_it{cfg['epochs']}x{cfg['iters']}_s{s}", row,
@@ -318,9 +381,11 @@ def main():
     counts = test_set_counts(iteration_runs[baseline][0])
     dates = sorted({r["date"][:10] for r in bench.runs.values()})
     header = (f"{mode} benchmark, {platform.node()} ({os.cpu_count()} CPUs), runs of {', '.join(dates)}: "
-              f"{cfg['train_cases']} training cases and a test set of {counts['cases']} cases "
-              f"({counts['node_free_cases']} node-free) holding {counts['nodes']} metastatic nodes, "
-              f"{counts['small_nodes']} under 5 mm short axis; synthetic {list(cfg['shape'])}, data seed {SEED_DATA}; "
+              f"{len(bench.train_cases())} training cases and a test set of {counts['cases']} cases "
+              f"({counts['node_free_cases']} node-free) holding {counts['nodes']} {'lesions' if a.real else 'metastatic nodes'}, "
+              f"{counts['small_nodes']} under 5 mm short axis; "
+              + (f"real CT from {a.real} (subset seed {SEED_DATA}, split by patient); " if a.real else
+                 f"synthetic {list(cfg['shape'])}, data seed {SEED_DATA}; ") +
               f"training seeds {', '.join(map(str, seeds))}; prediction without TTA. Values: on the whole test set "
               f"(mean over runs), [95% bootstrap interval over test cases, {a.draws} draws]; differences paired.")
     text, it_stats = budget_table(f"Equal iterations ({cfg['epochs']} x {cfg['iters']})", iteration_runs, baseline, a.draws)

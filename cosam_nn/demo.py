@@ -51,13 +51,20 @@ class Pipeline:
         return seconds
 
     def prepare(self, cases, shape, seed=0, configurations=("3d_fullres",), synthetic_options=()):
-        if os.path.exists(self.work):
-            shutil.rmtree(self.work)
-        os.makedirs(self.work)
+        """A fresh work folder with synthetic cases, converted and planned."""
+        self.reset()
         syn = os.path.join(self.work, "synthetic")
         self.run("synthetic Meply-like CT", ["cosam_make_synthetic", syn, "--cases", str(cases), "--seed", str(seed),
                                              "--shape", *map(str, shape), *synthetic_options])
-        self.run("convert to nnU-Net raw", ["cosam_convert_meply", syn, "-d", self.did])
+        self.convert_and_plan(syn, configurations)
+
+    def reset(self):
+        if os.path.exists(self.work):
+            shutil.rmtree(self.work)
+        os.makedirs(self.work)
+
+    def convert_and_plan(self, source, configurations=("3d_fullres",), convert_options=()):
+        self.run("convert to nnU-Net raw", ["cosam_convert_meply", source, "-d", self.did, *convert_options])
         self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", *configurations,
                                          "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"])
 

@@ -1,10 +1,12 @@
 """Convert Meply (or Meply-like synthetic data) into nnU-Net v2's raw format.
 
     cosam_convert_meply INPUT -d 501 [-n Meply] [--format auto|prln|slabs|images]
-                        [--spacing Z Y X] [--overwrite]
+                        [--spacing Z Y X] [--split SPLIT.json] [--overwrite]
 
 writes `$nnUNet_raw/Dataset501_Meply/` with imagesTr/, labelsTr/, imagesTs/, labelsTs/,
-dataset.json and split.json. Images keep their HU as int16 and their spacing, origin and direction;
+dataset.json and split.json. The test split comes from `--split` (a JSON file {"train": [...],
+"test": [...]}, such as the split.json of an earlier conversion), else from PRLN/annotations.json,
+else from a seeded random split. Images keep their HU as int16 and their spacing, origin and direction;
 labels are 0/1 (an instance map is binarised with a warning). Any fault in the input stops the
 conversion with one line that names the case, and nothing is left behind: the dataset is written
 into a hidden temporary folder and renamed at the end.
@@ -106,18 +108,35 @@ def _check_target(root, dataset_id, name, overwrite):
     return folder
 
 
+def read_split_file(path):
+    """{'train': [...], 'test': [...]} from a split JSON file (the split.json a conversion writes)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConversionError(f"{path}: unreadable split file ({e})") from None
+    if not isinstance(data, dict) or "test" not in data:
+        raise ConversionError(f"{path}: a split file is a JSON object with a 'test' list (and a 'train' list)")
+    for key in ("train", "test"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConversionError(f"{path}: '{key}' must be a list of case names, got {type(value).__name__}")
+    return {"train": list(data.get("train", [])), "test": list(data["test"]), "source": path}
+
+
 def _decide_split(names, split):
     if split is None:
         train, test = split_cases(names, SPLIT_SEED)
         return train, test, f"seeded random split (seed {SPLIT_SEED}, the paper's 214:55 ratio)"
     unknown = sorted(set(split["train"] + split["test"]) - set(names))
     if unknown:
-        raise ConversionError(f"case {unknown[0]}: listed in annotations.json but has no image")
+        raise ConversionError(f"case {unknown[0]}: listed in {split.get('source', 'annotations.json')} "
+                              f"but has no image")
     both = sorted(set(split["train"]) & set(split["test"]))
     if both:
         raise ConversionError(f"case {both[0]}: listed in both the train and the test split")
     test = [n for n in names if n in split["test"]]
-    return [n for n in names if n not in test], test, "PRLN/annotations.json"
+    return [n for n in names if n not in test], test, split.get("source", "PRLN/annotations.json")
 
 
 def _pid_alive(pid):
@@ -160,8 +179,9 @@ def _swap_in(tmp, target):
 
 
 def convert(input_folder, dataset_id, name=DATASET_NAME, fmt="auto", spacing=(0.625, 0.625, 0.625),
-            overwrite=False, log=print, warn=None, allow_non_hu=False):
-    """Convert `input_folder` into $nnUNet_raw/DatasetXXX_NAME; returns that folder."""
+            overwrite=False, log=print, warn=None, allow_non_hu=False, split_file=None):
+    """Convert `input_folder` into $nnUNet_raw/DatasetXXX_NAME; returns that folder. split_file: a
+    JSON split that overrides the layout's own."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     root = _raw_root()
     target = _check_target(root, dataset_id, name, overwrite)
@@ -170,6 +190,8 @@ def convert(input_folder, dataset_id, name=DATASET_NAME, fmt="auto", spacing=(0.
     except LayoutError as e:
         raise ConversionError(str(e)) from None
     names = [n for n, _ in cases]
+    if split_file:
+        split = read_split_file(split_file)
     train, test, split_source = _decide_split(names, split)
     remove_stale_temporaries(root, target, log)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=root)
@@ -216,6 +238,8 @@ def main(argv=None):
     p.add_argument("--format", choices=("auto",) + FORMATS, default="auto", help="input layout (default auto)")
     p.add_argument("--spacing", type=float, nargs=3, default=(0.625, 0.625, 0.625), metavar=("Z", "Y", "X"),
                    help="spacing in mm of slab files, which carry none (default 0.625 0.625 0.625)")
+    p.add_argument("--split", metavar="SPLIT.json", dest="split_file",
+                   help="JSON {\"train\": [...], \"test\": [...]} naming the test cases (overrides the layout's split)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument("--allow-non-hu", action="store_true", dest="allow_non_hu",
                    help="convert images whose values cannot be CT in Hounsfield units (refused by default)")
@@ -228,7 +252,8 @@ def main(argv=None):
         p.error("-n may hold letters, digits, '_' and '-' only")
     previous = signal.signal(signal.SIGTERM, _terminated)  # so that the temporary folder is removed
     try:
-        convert(a.input, a.dataset_id, a.name, a.format, tuple(a.spacing), a.overwrite, allow_non_hu=a.allow_non_hu)
+        convert(a.input, a.dataset_id, a.name, a.format, tuple(a.spacing), a.overwrite, allow_non_hu=a.allow_non_hu,
+                split_file=a.split_file)
     except ConversionError as e:
         print(f"cosam_convert_meply: error: {e}", file=sys.stderr)
         return 1

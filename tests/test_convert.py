@@ -374,3 +374,25 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == 0o644
+
+
+def test_split_file_names_the_test_cases_and_bad_split_files_are_one_line(tmp_path, nnunet_env, capsys):
+    src = _pair_folder(tmp_path)  # cases a, b, c
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["a", "c"], "test": ["b"]}))
+    assert convert_main([str(src), "-d", "509", "--split", str(split)]) == 0
+    ds = _dataset(nnunet_env, "Dataset509_Meply")
+    assert sorted(os.listdir(os.path.join(ds, "imagesTs"))) == ["b_0000.nii.gz"]
+    assert sorted(os.listdir(os.path.join(ds, "labelsTr"))) == ["a.nii.gz", "c.nii.gz"]
+    written = json.load(open(os.path.join(ds, "split.json")))
+    assert written["test"] == ["b"] and written["source"] == str(split)
+    # the split.json a conversion wrote is itself a valid split file
+    assert convert_main([str(src), "-d", "509", "--overwrite", "--split", os.path.join(ds, "split.json")]) == 0
+    assert sorted(os.listdir(os.path.join(ds, "imagesTs"))) == ["b_0000.nii.gz"]
+    for text, message in (("[1, 2]", "a JSON object with a 'test' list"), ('{"test": "b"}', "'test' must be a list"),
+                          ('{"test": ["zz"]}', "case zz: listed in"), ("{", "unreadable split file")):
+        split.write_text(text)
+        assert convert_main([str(src), "-d", "510", "--split", str(split)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and str(split) in err and err.count("\n") == 1, (text, err)
+    assert not os.path.exists(_dataset(nnunet_env, "Dataset510_Meply"))
