@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["cosam_nn", "cosam_nn.modeling", "cosam_nn.dataset_conversion", "cosam_nn.trainers"],
+    packages=["cosam_nn", "cosam_nn.data", "cosam_nn.evaluation", "cosam_nn.modeling", "cosam_nn.dataset_conversion", "cosam_nn.trainers"],
     package_dir={
         "cosam_nn": "cosam_nn",
         "cosam_nn.dataset_conversion": "dataset_conversion",
@@ -36,15 +36,15 @@ setup(
                     "dicom": ["highdicom>=0.22", "pydicom>=2.4"]},
     entry_points={
         "console_scripts": [
-            "cosam_make_synthetic=cosam_nn.synthetic:main",
+            "cosam_make_synthetic=cosam_nn.data.synthetic:main",
             "cosam_convert_meply=cosam_nn.dataset_conversion.Dataset501_Meply:main",
             "cosam_trainer_dir=cosam_nn.trainer_dir:main",
             "cosam_demo=cosam_nn.demo:main",
-            "cosam_evaluate=cosam_nn.evaluation:main",
-            "cosam_report=cosam_nn.report:main",
+            "cosam_evaluate=cosam_nn.evaluation.evaluate:main",
+            "cosam_report=cosam_nn.evaluation.report:main",
             "cosam_check_model=cosam_nn.check_model:main",
-            "cosam_dicom_input=cosam_nn.dicom_input:main",
-            "cosam_export_dicom=cosam_nn.dicom_export:main",
+            "cosam_dicom_input=cosam_nn.data.dicom_input:main",
+            "cosam_export_dicom=cosam_nn.evaluation.dicom_export:main",
         ]
     },
 )

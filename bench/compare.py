@@ -35,10 +35,10 @@ import shutil
 import sys
 import time
 
-from cosam_nn.bootstrap import METRICS, case_record, compare
+from cosam_nn.evaluation.bootstrap import METRICS, case_record, compare
 from cosam_nn.demo import Pipeline
-from cosam_nn.evaluation import evaluate_folders
-from cosam_nn.fileio import write_text_atomic
+from cosam_nn.evaluation.evaluate import evaluate_folders
+from cosam_nn.data.fileio import write_text_atomic
 
 BASELINE = "nnUNetTrainerBudget 3d_fullres"
 DEFAULT_ROWS = (BASELINE, "CoSAMTrainerSmall")

@@ -27,7 +27,7 @@ from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.node_geometry import label_nodes, node_boxes_and_instances, union_boxes
-from cosam_nn.node_measures import node_diameters
+from cosam_nn.evaluation.node_measures import node_diameters
 from cosam_nn.trainer_dir import trainer_dir
 
 THRESHOLDS = (0.1, 0.25, 0.5)

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cosam_nn.demo import Pipeline
-from cosam_nn.evaluation import evaluate_folders
+from cosam_nn.evaluation.evaluate import evaluate_folders
 from cosam_nn.node_geometry import label_nodes
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from cosam_nn.demo import Pipeline
-from cosam_nn.fileio import write_text_atomic
-from cosam_nn.synthetic import make_case
+from cosam_nn.data.fileio import write_text_atomic
+from cosam_nn.data.synthetic import make_case
 
 
 def write_volume(folder, shape):

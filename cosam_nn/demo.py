@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from cosam_nn.meply_layout import dataset_folder_name
+from cosam_nn.data.meply_layout import dataset_folder_name
 from cosam_nn.trainer_dir import trainer_dir
 
 DATASET_ID = 501

@@ -30,9 +30,9 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
 from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
-from cosam_nn.image_geometry import geometry_mismatch
-from cosam_nn.meply_layout import DATASET_NAME, LayoutError, dataset_folder_name
-from cosam_nn.splits import split_cases
+from cosam_nn.data.image_geometry import geometry_mismatch
+from cosam_nn.data.meply_layout import DATASET_NAME, LayoutError, dataset_folder_name
+from cosam_nn.data.splits import split_cases
 
 FILE_ENDING = ".nii.gz"
 SPLIT_SEED = 12345

@@ -1,6 +1,6 @@
 """Readers of the input layouts the Meply converter accepts; each gives (case name, loader) pairs.
 
-- prln:   the authors' 3D layout (npz/, clean_labels/, PRLN/), see `cosam_nn.meply_layout`
+- prln:   the authors' 3D layout (npz/, clean_labels/, PRLN/), see `cosam_nn.data.meply_layout`
 - slabs:  a folder of public 15-slice example files `{case}.npz` (img/label as (H, W, D))
 - images: `images/` and `labels/` folders of pairs with the same case name, each image a NIfTI,
           NRRD or MHA/MHD file or a folder holding one DICOM series; labels are files
@@ -11,7 +11,7 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
-from cosam_nn import meply_layout
+from cosam_nn.data import meply_layout
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 FORMATS = ("prln", "slabs", "images")

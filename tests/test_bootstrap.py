@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from cosam_nn.bootstrap import compare, verdict
+from cosam_nn.evaluation.bootstrap import compare, verdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cosam_nn import meply_layout
+from cosam_nn.data import meply_layout
 from cosam_nn.dataset_conversion.Dataset501_Meply import convert, main as convert_main
-from cosam_nn.synthetic import generate
+from cosam_nn.data.synthetic import generate
 
 SHAPE, SPACING = (16, 48, 48), (1.25, 0.7, 0.7)
 
@@ -366,7 +366,7 @@ def test_stale_temporary_folders_are_removed_and_overwrite_swaps(tmp_path, nnune
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    from cosam_nn.fileio import write_text_atomic
+    from cosam_nn.data.fileio import write_text_atomic
 
     old = os.umask(0o022)
     try:

@@ -9,9 +9,9 @@ hd = pytest.importorskip("highdicom", reason="the dicom extra (highdicom) is not
 pydicom = pytest.importorskip("pydicom")
 
 from cosam_nn.dataset_conversion.readers import read_image  # noqa: E402
-from cosam_nn.dicom_export import main  # noqa: E402
-from cosam_nn.dicom_input import main as input_main  # noqa: E402
-from cosam_nn.report import report_case  # noqa: E402
+from cosam_nn.evaluation.dicom_export import main  # noqa: E402
+from cosam_nn.data.dicom_input import main as input_main  # noqa: E402
+from cosam_nn.evaluation.report import report_case  # noqa: E402
 
 # rows and columns of each slice turned 30 degrees about z and tilted: nothing is axis-aligned
 _A = np.deg2rad(30)

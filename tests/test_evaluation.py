@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cosam_nn.detection_metrics import average_precision, froc, greedy_match
-from cosam_nn.evaluation import main as evaluate_main
+from cosam_nn.evaluation.detection_metrics import average_precision, froc, greedy_match
+from cosam_nn.evaluation.evaluate import main as evaluate_main
 
 SHAPE = (10, 20, 20)
 

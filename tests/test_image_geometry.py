@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cosam_nn.image_geometry import geometry_mismatch
+from cosam_nn.data.image_geometry import geometry_mismatch
 
 
 def _image(size=(6, 5, 4), spacing=(0.7, 0.7, 1.25), origin=(10.0, -5.0, 3.0), direction=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cosam_nn.report import main as report_main, n_category
+from cosam_nn.evaluation.report import main as report_main, n_category
 
 SPACING_XYZ = (0.8, 0.5, 2.0)       # x, y, z in mm: anisotropic
 DIRECTION = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # in-plane rotation by 90 degrees

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cosam_nn import meply_layout
-from cosam_nn.synthetic import generate, main as synth_main
+from cosam_nn.data import meply_layout
+from cosam_nn.data.synthetic import generate, main as synth_main
 
 SHAPE, SPACING = (24, 96, 96), (1.25, 0.7, 0.7)
 

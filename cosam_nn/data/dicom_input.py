@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from cosam_nn.dataset_conversion.Dataset501_Meply import check_case
 from cosam_nn.dataset_conversion.readers import ConversionError, read_image
-from cosam_nn.fileio import write_image_atomic
+from cosam_nn.data.fileio import write_image_atomic
 
 
 def dicom_to_input(series_dir, images_folder, case=None, allow_non_hu=False, warn=print):

@@ -23,12 +23,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from cosam_nn import plots
-from cosam_nn.detection_metrics import average_precision, froc, froc_curve, greedy_match
-from cosam_nn.fileio import load_foreground_probabilities, write_text_atomic
-from cosam_nn.image_geometry import geometry_mismatch
+from cosam_nn.evaluation import plots
+from cosam_nn.evaluation.detection_metrics import average_precision, froc, froc_curve, greedy_match
+from cosam_nn.data.fileio import load_foreground_probabilities, write_text_atomic
+from cosam_nn.data.image_geometry import geometry_mismatch
 from cosam_nn.node_geometry import cross_section_boxes, label_nodes
-from cosam_nn.node_measures import node_diameters
+from cosam_nn.evaluation.node_measures import node_diameters
 
 SIZE_BINS = (("< 5 mm", 0.0, 5.0), ("5-10 mm", 5.0, 10.0), ("> 10 mm", 10.0, float("inf")))
 

@@ -27,7 +27,7 @@ import numpy as np
 
 import cosam_nn
 from cosam_nn.node_geometry import label_nodes
-from cosam_nn.report import ReportError, load_prediction, report_case
+from cosam_nn.evaluation.report import ReportError, load_prediction, report_case
 
 ALGORITHM_NAME = "CoSAM (cosam-nn)"
 SPACING_TOLERANCE = 0.02    # relative, between slice gaps of one series

@@ -23,8 +23,8 @@ import tempfile
 import numpy as np
 from scipy import ndimage
 
-from cosam_nn import meply_layout
-from cosam_nn.splits import split_cases
+from cosam_nn.data import meply_layout
+from cosam_nn.data.splits import split_cases
 
 DEFAULT_SHAPE = {"prln": (48, 160, 160), "slabs": (15, 512, 512)}
 DEFAULT_SPACING = {"prln": (1.25, 0.7, 0.7), "slabs": (0.625, 0.625, 0.625)}

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from cosam_nn.detection_metrics import FROC_RATES  # noqa: E402
+from cosam_nn.evaluation.detection_metrics import FROC_RATES  # noqa: E402
 from cosam_nn.node_geometry import label_nodes  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from cosam_nn.fileio import save_npz, write_text_atomic
+from cosam_nn.data.fileio import save_npz, write_text_atomic
 
 NPZ_DIR = "npz"
 LABEL_DIR = "clean_labels"

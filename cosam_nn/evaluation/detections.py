@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from cosam_nn.fileio import write_image_atomic, write_text_atomic
+from cosam_nn.data.fileio import write_image_atomic, write_text_atomic
 
 BOX_CONVENTION = __doc__[__doc__.index("`box_voxel_zyx`"):__doc__.index("Beside them")].replace("\n", " ")
 

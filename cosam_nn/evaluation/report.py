@@ -12,7 +12,7 @@ Then the number of nodes at or above the confidence threshold (and of at least -
 so that specks of a few voxels are listed but not counted) and the N category that count
 implies for rectal cancer (AJCC: N0 0, N1a 1, N1b 2-3, N2a 4-6, N2b 7+): an estimate from CT, not a
 diagnosis. Written as JSON and, beside it, CSV; --plots DIR draws each node on its axial slice;
---instances DIR writes each case's instance map and detections (cosam_nn.detections).
+--instances DIR writes each case's instance map and detections (cosam_nn.evaluation.detections).
 """
 import argparse
 import csv
@@ -25,12 +25,12 @@ import numpy as np
 import SimpleITK as sitk
 from skimage.measure import regionprops
 
-from cosam_nn import plots
-from cosam_nn.fileio import load_foreground_probabilities, write_text_atomic
-from cosam_nn.image_geometry import geometry_mismatch
-from cosam_nn.detections import write_instances_and_detections
+from cosam_nn.evaluation import plots
+from cosam_nn.data.fileio import load_foreground_probabilities, write_text_atomic
+from cosam_nn.data.image_geometry import geometry_mismatch
+from cosam_nn.evaluation.detections import write_instances_and_detections
 from cosam_nn.node_geometry import label_nodes
-from cosam_nn.node_measures import node_diameters
+from cosam_nn.evaluation.node_measures import node_diameters
 
 N_CATEGORY_NOTE = "estimate from CT node count only, not a diagnosis"
 CSV_COLUMNS = ("case", "node", "z", "y", "x", "world_x_mm", "world_y_mm", "world_z_mm", "voxels", "volume_mm3",

@@ -8,7 +8,7 @@ reported beside it.
 """
 import numpy as np
 
-from cosam_nn.detection_metrics import Matched, average_precision, froc
+from cosam_nn.evaluation.detection_metrics import Matched, average_precision, froc
 
 METRICS = ("dice", "froc", "ap10", "sens_small")
 SMALL_MM = 5.0

@@ -1,0 +1,1 @@
+"""The data path in: Meply layouts, synthetic Meply-like CT, DICOM series, splits and file helpers."""
