@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_planned_dataset, run_cli
 from cosam_nn.trainer_dir import trainer_dir
-from cosam_nn.trainers.CoSAMTrainer import voxel_matched_batch
+from cosam_nn.trainers.CoSAMTrainer import forced_foreground_share, voxel_matched_batch
 
 TRAINER = "CoSAMTrainerSmall"
 
@@ -43,6 +43,10 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     used = re.search(r"'batch_size': (\d+), 'patch_size': \[([0-9, ]+)\]", log)
     patch = [int(v) for v in used.group(2).split(",")]
     assert patch[0] == 9 and int(used.group(1)) == voxel_matched_batch(planned["batch_size"], planned["patch_size"], patch, 16)
+    # windows are drawn onto a node by chance only where nnU-Net's rounding would force fewer than 66%
+    debug = json.load(open(os.path.join(fold, "debug.json")))
+    batch = int(used.group(1))
+    assert debug["probabilistic_oversampling"] == str(forced_foreground_share(batch, 0.66) < 0.66)
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))
     # a snapshot is a usable model: its score threshold was calibrated before it was saved
     assert _log(fold).count("score threshold") == 2  # the snapshot's and the final model's

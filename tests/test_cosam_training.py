@@ -12,7 +12,8 @@ from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.usam_baseline import USAMSegmenter
 from cosam_nn.modeling.training_step import _mask_targets, phase_for_epoch, training_losses, window_targets
-from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer, PolyLR, _param_group, voxel_matched_batch, window_patch
+from cosam_nn.trainers.CoSAMTrainer import (CoSAMTrainer, PolyLR, _param_group, forced_foreground_share,
+                                            voxel_matched_batch, window_patch)
 from cosam_nn.trainers import CoSAMTrainer_variants as variants
 
 
@@ -23,6 +24,13 @@ def test_the_small_batch_holds_as_many_voxels_as_nnunets():
     assert voxel_matched_batch(7, [9, 96, 96], [9, 96, 96], 16) == 7        # plans already windowed: unchanged
     assert CoSAMTrainer.max_windows_per_batch is None and variants.CoSAMTrainerSmall.max_windows_per_batch == 16
     assert variants.CoSAMTrainerSmall_noCCM.max_windows_per_batch == 16     # the ablation trains alike
+
+
+def test_forced_foreground_share_is_nnunets_rounding():
+    # nnU-Net forces the last round(b * p) samples: 2 windows at 66% -> 1, 7 -> 5, 3 -> 2
+    assert forced_foreground_share(2, 0.66) == 0.5
+    assert forced_foreground_share(7, 0.66) == 5 / 7
+    assert forced_foreground_share(3, 0.66) == 2 / 3
 
 
 def test_window_patch_keeps_inplane_from_plans_within_bounds():

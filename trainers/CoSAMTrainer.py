@@ -73,6 +73,12 @@ def voxel_matched_batch(batch_size, planned_patch, patch, max_windows):
     return int(min(max_windows, max(batch_size, round(batch_size * ratio))))
 
 
+def forced_foreground_share(batch_size, percent):
+    """The share of a batch nnU-Net's default (deterministic) oversampling forces onto foreground:
+    the last round(batch x percent) samples, so a batch of 2 at 66% forces 1 of 2."""
+    return (batch_size - round(batch_size * (1 - percent))) / batch_size
+
+
 def _param_group(name):
     if name.startswith("detector."):
         return "detector"
@@ -114,6 +120,9 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         self.enable_deep_supervision = False
         self.weight_decay = 1e-4
         self.oversample_foreground_percent = 0.66  # nodes are sparse: most windows should hold one
+        # small batches (the paper size's 2 windows) round the forced share down: draw each window instead
+        self.probabilistic_oversampling = forced_foreground_share(
+            self.configuration_manager.batch_size, self.oversample_foreground_percent) < self.oversample_foreground_percent
         self.apply_run_settings()
         self.phase = None
         self._iteration = 0
