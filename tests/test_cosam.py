@@ -62,6 +62,27 @@ def test_a_detections_probability_is_capped_at_its_score():
     assert logits[0, 1].max() <= score_logit_cap(dets[0].scores).max() + 1e-6
 
 
+def test_symmetric_masks_keep_usams_outline_where_the_default_grows_it():
+    from cosam_nn.modeling.cosam import Candidates
+    # one kept box on slice 0: U-SAM's 64 px mask is a disc of radius 12 px at +-6, pasted into a 32 px region
+    yy, xx = torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="ij")
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 12 ** 2).float()
+    cand = Candidates(boxes=torch.zeros(1, 5, 4), present=torch.tensor([[True, False, False, False, False]]), scores=torch.tensor([0.9]),
+                      masks=(disc * 12 - 6)[None], owner=torch.tensor([0]), slice_id=torch.tensor([0]),
+                      regions=torch.tensor([[4.0, 4, 36, 36]]))
+    true_area = float(disc.sum()) / 4  # the disc at the region's 32 px scale
+    areas = {}
+    for symmetric in (False, True):
+        model = CoSAM(replace(CoSAMConfig.small(window=5), symmetric_masks=symmetric))
+        fg = torch.full((5, 48, 48), BACKGROUND_LOGIT)
+        model.paste(fg, cand, torch.tensor([0]))
+        areas[symmetric] = float((fg[0] > 0).sum())
+        assert torch.all(fg[1:] == BACKGROUND_LOGIT) and fg[0, 40:].eq(BACKGROUND_LOGIT).all()  # outside the crop
+        assert fg[0].max() <= float(torch.logit(torch.tensor(0.9))) + 1e-5
+    assert abs(areas[True] - true_area) < abs(areas[False] - true_area)
+    assert areas[False] > areas[True]
+
+
 def test_paper_size_trains_a_step_and_detects():
     """The paper-size model (ViT-B U-SAM on 224-pixel crops, 256-channel detector) through one training
     step of each phase and one inference, on one small window with few crops: shape or config bugs at

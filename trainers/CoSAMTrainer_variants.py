@@ -105,3 +105,11 @@ class USAMTrainerSmall(USAMTrainer):
     def cosam_config(cls):
         cfg = super().cosam_config()
         return replace(cfg, usam=replace(cfg.usam, img_size=128))
+
+
+class CoSAMTrainerSmall_symmetricMasks(CoSAMTrainerSmall):
+    """Inference: each pasted mask keeps U-SAM's outline (background side down to minus its cap)."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), symmetric_masks=True)

@@ -162,13 +162,21 @@ class CoSAM(nn.Module):
         kept = torch.nonzero(cand.scores >= threshold).squeeze(1)
         return kept[nms(union_boxes(cand.boxes[kept], cand.present[kept]), cand.scores[kept], self.cfg.nms_iou)]
 
-    @staticmethod
-    def paste(fg, cand, kept):
-        """Paste the kept candidates' masks (max) into fg (L, H, W), each capped at its score's logit."""
+    def paste(self, fg, cand, kept):
+        """Paste the kept candidates' masks (max) into fg (L, H, W), each capped at its score's logit.
+
+        The mask's background side is floored at BACKGROUND_LOGIT, or with `symmetric_masks` at minus
+        the cap, which keeps the outline where U-SAM put it when nnU-Net resamples and averages logits.
+        """
         cap = score_logit_cap(cand.scores)
+        canvas = torch.full_like(fg, -float("inf")) if self.cfg.symmetric_masks else fg
         for m in torch.nonzero(torch.isin(cand.owner, kept)).squeeze(1).tolist():
-            owner = cand.owner[m]
-            paste_crop(fg[cand.slice_id[m]], cand.masks[m].clamp(BACKGROUND_LOGIT, float(cap[owner])), cand.regions[m])
+            top = float(cap[cand.owner[m]])
+            floor = -top if self.cfg.symmetric_masks else BACKGROUND_LOGIT
+            paste_crop(canvas[cand.slice_id[m]], cand.masks[m].clamp(floor, top), cand.regions[m])
+        if canvas is not fg:  # inside the crops U-SAM's side of the outline, elsewhere the background
+            covered = torch.isfinite(canvas)
+            fg[covered] = canvas[covered]
 
     @torch.no_grad()
     def detect(self, window):
