@@ -43,7 +43,7 @@ def test_kept_boxes_give_bounded_logits_of_the_window_shape():
     x = torch.randn(1, 1, 7, 40, 56)
     logits, dets = model.detect(x)
     assert logits.shape == (1, 2, 7, 40, 56) and torch.isfinite(logits).all()
-    assert logits[:, 1].max() <= LOGIT_BOUND and logits[:, 1].min() >= BACKGROUND_LOGIT
+    assert logits[:, 1].max() <= LOGIT_BOUND and logits[:, 1].min() >= -LOGIT_BOUND
     assert len(dets[0].scores) > 0
     # the kept boxes' masks were pasted
     assert (logits[0, 1] > BACKGROUND_LOGIT).any()

@@ -107,9 +107,10 @@ class USAMTrainerSmall(USAMTrainer):
         return replace(cfg, usam=replace(cfg.usam, img_size=128))
 
 
-class CoSAMTrainerSmall_symmetricMasks(CoSAMTrainerSmall):
-    """Inference: each pasted mask keeps U-SAM's outline (background side down to minus its cap)."""
+class CoSAMTrainerSmall_backgroundFloor(CoSAMTrainerSmall):
+    """Ablation: each pasted mask's background side is floored at the background logit, which grows the
+    outline when nnU-Net resamples and averages the logits (the behaviour before symmetric masks)."""
 
     @classmethod
     def cosam_config(cls):
-        return replace(super().cosam_config(), symmetric_masks=True)
+        return replace(super().cosam_config(), symmetric_masks=False)

@@ -68,7 +68,7 @@ class CoSAMConfig:
     train_proposals_per_window: int = 8  # detector proposals per window for U-SAM and the CCM
     train_slices_per_proposal: int = 2   # of a proposal's slices, how many U-SAM segments in training
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
-    symmetric_masks: bool = False        # inference: a mask's background side as low as -its score's logit
+    symmetric_masks: bool = True         # inference: a mask's background side as low as -its score's logit
 
     @classmethod
     def paper(cls, window=9):

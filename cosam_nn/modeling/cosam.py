@@ -6,8 +6,8 @@ present -> each box cropped (a square of at least `crop_size` slice pixels aroun
 U-SAM's input) and segmented by U-SAM prompted with that box -> CCM on (mean mask token of the
 proposal, its sequence feature) -> score = sqrt(detector score x CCM probability) -> threshold and
 NMS on the proposals' union boxes -> the kept masks pasted (max) into the window's logits
-(B, 2, L, H, W) as [0, foreground logit]. The foreground logit lies in [BACKGROUND_LOGIT, LOGIT_BOUND]
-(nnU-Net sums tiles in float16); a window without a kept box is BACKGROUND_LOGIT everywhere.
+(B, 2, L, H, W) as [0, foreground logit]. The foreground logit lies in [-LOGIT_BOUND, LOGIT_BOUND]
+(nnU-Net sums tiles in float16); outside every kept mask's crop it is BACKGROUND_LOGIT.
 """
 import warnings
 from dataclasses import dataclass
