@@ -37,7 +37,7 @@ import time
 
 from cosam_nn.evaluation.bootstrap import METRICS, case_record, compare
 from cosam_nn.demo import Pipeline
-from cosam_nn.evaluation.evaluate import evaluate_folders
+from cosam_nn.evaluation.evaluate import evaluate_folders, fmt_value
 from cosam_nn.data.fileio import write_text_atomic
 
 BASELINE = "nnUNetTrainerBudget 3d_fullres"
@@ -204,7 +204,7 @@ class Bench:
         self.runs[run_id] = run
         self.save()
         final = points[-1]["summary"]
-        print(f"  {run_id}: Dice {_fmt(final['dice'])}, FROC {_fmt(final['froc'])}, "
+        print(f"  {run_id}: Dice {fmt_value(final['dice'])}, FROC {fmt_value(final['froc'])}, "
               f"{sum(seconds):.0f} s of training", flush=True)
         return run
 
@@ -221,13 +221,9 @@ class Bench:
         return self.runs[key]["epoch_seconds"][-1]
 
 
-def _fmt(v, digits=3):
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
 def _cell(stat):
     lo, hi = stat["interval"]
-    return f"{_fmt(stat['value'])} [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None else _fmt(stat["value"])
+    return f"{fmt_value(stat['value'])} [{fmt_value(lo)}, {fmt_value(hi)}]" if lo is not None else fmt_value(stat["value"])
 
 
 def test_set_counts(run):
@@ -261,7 +257,7 @@ def budget_table(title, runs_by_row, baseline, draws):
         if len(runs) > 1:
             s = stats["rows"][row]
             lines.append(f"\n{row}, each run (seed): " + "; ".join(
-                f"{METRIC_NAMES[m]} " + ", ".join(_fmt(v) for v in s[m]["runs"]) for m in METRICS))
+                f"{METRIC_NAMES[m]} " + ", ".join(fmt_value(v) for v in s[m]["runs"]) for m in METRICS))
     return "\n".join(lines), stats
 
 

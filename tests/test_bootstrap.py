@@ -104,3 +104,16 @@ def test_pair_runs_pairs_two_work_folders_and_refuses_other_test_sets(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["pair_runs", before, other])
     with pytest.raises(SystemExit, match="different benchmark settings"):
         pair_runs.main()
+
+
+def test_real_ct_subset_keeps_each_patient_on_one_side_and_names_a_missing_folder(tmp_path, capsys):
+    import compare
+    names = [f"P{p:02d}_R_{k}" for p in range(12) for k in range(1 + p % 3)]
+    train, test = compare.real_subset(names, 8, 6, seed=1)
+    assert len(test) >= 6 and len(train) >= 8 and not set(train) & set(test)
+    assert not {compare.patient_of(n) for n in train} & {compare.patient_of(n) for n in test}
+    assert (train, test) == compare.real_subset(names, 8, 6, seed=1)  # seeded
+    with pytest.raises(SystemExit, match="holds 24 cases; 20 \\+ 10 are needed"):
+        compare.real_subset(names, 20, 10, seed=1)
+    with pytest.raises(SystemExit, match="no images/ and labels/ folders"):
+        compare.copy_real_cases(str(tmp_path / "absent"), str(tmp_path / "copy"), 2, 1, seed=0)

@@ -69,23 +69,30 @@ def save_npz(path, **arrays):
                 zf.writestr(info, buf.getvalue())
 
 
+def load_npz_array(path, keys):
+    """The first of `keys` stored in the `.npz` at `path`; a ValueError naming the file and the problem
+    when it is not an .npz archive of arrays, is unreadable, or holds none of the keys."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in keys:
+                if key in npz.files:
+                    return npz[key]
+            found = list(npz.files)
+    except Exception as e:  # zip and format errors come in many types
+        if "pickle" in str(e):  # numpy's message for a file that is not an .npz archive at all
+            raise ValueError(f"{path}: not a NumPy .npz archive of arrays") from None
+        raise ValueError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
+    wanted = f"no {keys[0]!r} array" if len(keys) == 1 else f"none of the arrays {list(keys)}"
+    raise ValueError(f"{path}: {wanted} (it holds {found})")
+
+
 def load_foreground_probabilities(path, shape):
     """The node channel of an nnU-Net `--save_probabilities` file, checked: a ValueError naming the
     file and the problem when it is missing, unreadable, without `probabilities`, without a node
     channel, or of another shape than the prediction."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: probabilities not found (predict with --save_probabilities)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "probabilities" not in npz.files:
-                raise ValueError(f"{path}: no 'probabilities' array (it holds {list(npz.files)})")
-            probs = npz["probabilities"]
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ValueError(f"{path}: not a NumPy .npz archive of arrays") from None
-        raise
-    except Exception as e:  # zip and format errors come in many types
-        raise ValueError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
+    probs = load_npz_array(path, ("probabilities",))
     if probs.ndim != len(shape) + 1 or probs.shape[0] < 2:
         raise ValueError(f"{path}: probabilities of shape {probs.shape}: expected (classes >= 2, {', '.join(map(str, shape))})")
     if tuple(probs.shape[1:]) != tuple(shape):

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from cosam_nn.data import fileio
 from cosam_nn.data.fileio import save_npz, write_text_atomic
 
 NPZ_DIR = "npz"
@@ -48,18 +49,9 @@ def load_npz_array(path, keys):
     if os.path.getsize(path) == 0:
         raise LayoutError(f"{path}: file is empty")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in keys:
-                if key in npz.files:
-                    return npz[key]
-            found = list(npz.files)
-    except LayoutError:
-        raise
-    except Exception as e:  # zipfile/format errors come in many types
-        if "pickle" in str(e):  # numpy's message for a file that is not an .npz archive at all
-            raise LayoutError(f"{path}: not a NumPy .npz archive of arrays") from None
-        raise LayoutError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
-    raise LayoutError(f"{path}: none of the keys {list(keys)} found (it has {found})")
+        return fileio.load_npz_array(path, keys)
+    except ValueError as e:
+        raise LayoutError(str(e)) from None
 
 
 # ---- 3D layout ------------------------------------------------------------------------------

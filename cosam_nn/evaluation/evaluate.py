@@ -193,7 +193,8 @@ def write_plots(results, summary, refs_dir, pred_dir, images_dir, out, detection
     return paths
 
 
-def _fmt(v):
+def fmt_value(v):
+    """A metric for a table: 3 decimals, "n/a" where it is undefined (None or NaN)."""
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
@@ -207,7 +208,7 @@ def headline(summary):
             ("FROC score (1/8..8 FP per scan)", summary["froc_score"])]
     rows += [(f"sensitivity, short axis {k} ({v['nodes']} nodes)", v["sensitivity"])
              for k, v in summary["sensitivity_by_short_axis"].items()]
-    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {fmt_value(v)} |" for k, v in rows]
     lines.append(f"\n{summary['cases']} cases ({summary['cases_empty_reference_and_prediction']} with empty reference "
                  f"and prediction, left out of the means); {summary['reference_nodes']} reference and "
                  f"{summary['predicted_nodes']} predicted nodes; detection scores: {summary['detection_scores']}.")
