@@ -45,6 +45,7 @@ setup(
             "cosam_check_model=cosam_nn.check_model:main",
             "cosam_dicom_input=cosam_nn.data.dicom_input:main",
             "cosam_export_dicom=cosam_nn.evaluation.dicom_export:main",
+            "cosam_postprocess=cosam_nn.evaluation.postprocess:main",
         ]
     },
 )
