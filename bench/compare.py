@@ -339,13 +339,12 @@ def main():
         if minutes < 0:
             p.error("--minutes must not be negative")
     mode = "quick" if a.quick else "full"
+    cfg = REAL_SETTINGS[mode] if a.real else SETTINGS[mode]
+    settings = dict(cfg, mode=mode, fractions=list(cfg["fractions"]), data_seed=SEED_DATA)
     if a.real:
-        cfg = REAL_SETTINGS[mode]
-        settings = dict(cfg, mode=mode, fractions=list(cfg["fractions"]), data_seed=SEED_DATA,
-                        real=os.path.abspath(a.real))
+        settings["real"] = os.path.abspath(a.real)
     else:
-        cfg = SETTINGS[mode]
-        settings = dict(cfg, mode=mode, shape=list(cfg["shape"]), fractions=list(cfg["fractions"]), data_seed=SEED_DATA)
+        settings["shape"] = list(cfg["shape"])
     bench = Bench(a.work, cfg, settings, a.keep)
     baseline, seeds = a.rows[0], [a.seed + r for r in range(a.repeats)]
     bench.prepare(sorted({parse_row(r)[1] for r in a.rows}), real=a.real)

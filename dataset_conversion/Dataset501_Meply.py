@@ -31,7 +31,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 
 from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
 from cosam_nn.data.image_geometry import geometry_mismatch
-from cosam_nn.data.meply_layout import DATASET_NAME, LayoutError, dataset_folder_name
+from cosam_nn.data.meply_layout import DATASET_NAME, LayoutError, check_case_lists, dataset_folder_name
 from cosam_nn.data.splits import split_cases
 
 FILE_ENDING = ".nii.gz"
@@ -117,10 +117,10 @@ def read_split_file(path):
         raise ConversionError(f"{path}: unreadable split file ({e})") from None
     if not isinstance(data, dict) or "test" not in data:
         raise ConversionError(f"{path}: a split file is a JSON object with a 'test' list (and a 'train' list)")
-    for key in ("train", "test"):
-        value = data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConversionError(f"{path}: '{key}' must be a list of case names, got {type(value).__name__}")
+    try:
+        check_case_lists(data, ("train", "test"), path)
+    except LayoutError as e:
+        raise ConversionError(str(e)) from None
     return {"train": list(data.get("train", [])), "test": list(data["test"]), "source": path}
 
 

@@ -1,6 +1,6 @@
 """Real CT through the whole path: real HU, real headers (mixed spacings, real origins) -> convert ->
-plan -> train CoSAM a step -> predict. Reads crops of LIDC-IDRI lung nodules (CC BY 3.0) from
-$COSAM_REAL_CT or ../shared/realct/lidc_nodules beside the repository; skipped when neither is there."""
+plan -> train CoSAM a step -> predict. Reads crops of LIDC-IDRI lung nodules (CC BY 3.0) from the
+images/ + labels/ folder named by $COSAM_REAL_CT; skipped when it is unset or lacks the cases."""
 import json
 import os
 import shutil
@@ -12,14 +12,14 @@ import SimpleITK as sitk
 from conftest import run_cli
 from cosam_nn.trainer_dir import trainer_dir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_CT = os.environ.get("COSAM_REAL_CT", os.path.join(ROOT, "..", "shared", "realct", "lidc_nodules"))
+REAL_CT = os.environ.get("COSAM_REAL_CT", "")
 TRAIN = ["LIDC-IDRI-0164_R_5", "LIDC-IDRI-0181_R_2", "LIDC-IDRI-0195_R_2", "LIDC-IDRI-0276_R_1", "LIDC-IDRI-0298_R_5"]
 TEST = ["LIDC-IDRI-0402_R_4"]
 
 pytestmark = pytest.mark.skipif(
-    not all(os.path.isfile(os.path.join(REAL_CT, "images", c + ".nii.gz")) for c in TRAIN + TEST),
-    reason=f"real CT crops not found in {REAL_CT} (set COSAM_REAL_CT to an images/ + labels/ folder holding them)")
+    not REAL_CT or not all(os.path.isfile(os.path.join(REAL_CT, "images", c + ".nii.gz")) for c in TRAIN + TEST),
+    reason=f"real CT crops {', '.join(TRAIN + TEST)} not found (set COSAM_REAL_CT to the images/ + labels/ "
+           f"folder of the LIDC-IDRI crops; now {REAL_CT!r})")
 
 
 def test_real_ct_converts_trains_and_predicts_in_its_own_geometry(tmp_path, nnunet_env):

@@ -112,6 +112,14 @@ def read_prln_targets(root):
     return rows
 
 
+def check_case_lists(data, keys, path):
+    """LayoutError naming `path` unless each of `keys` that the JSON object `data` holds is a list of case names."""
+    for key in keys:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise LayoutError(f"{path}: '{key}' must be a list of case names, got {type(value).__name__}")
+
+
 def read_prln_splits(root):
     """{'train': [...], 'test': [...]} from PRLN/annotations.json, or None when it is absent."""
     path = os.path.join(root, PRLN_DIR, ANNOTATIONS_JSON)
@@ -124,10 +132,7 @@ def read_prln_splits(root):
         raise LayoutError(f"{path}: unreadable ({e})") from None
     if not isinstance(data, dict) or not any(k in data for k in SPLIT_KEYS):
         raise LayoutError(f"{path}: expected the keys {list(SPLIT_KEYS)}")
-    for key in SPLIT_KEYS:
-        value = data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise LayoutError(f"{path}: '{key}' must be a list of case names, got {type(value).__name__}")
+    check_case_lists(data, SPLIT_KEYS, path)
     return {"train": list(data.get("train_normal", [])) + list(data.get("train_both", [])),
             "test": list(data.get("test_normal", [])) + list(data.get("test_both", []))}
 

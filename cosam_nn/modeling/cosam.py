@@ -163,20 +163,20 @@ class CoSAM(nn.Module):
         return kept[nms(union_boxes(cand.boxes[kept], cand.present[kept]), cand.scores[kept], self.cfg.nms_iou)]
 
     def paste(self, fg, cand, kept):
-        """Paste the kept candidates' masks (max) into fg (L, H, W), each capped at its score's logit.
+        """Write the kept candidates' masks into the window's background fg (L, H, W): inside their crops
+        the largest mask logit, each capped at its score's logit; elsewhere fg stays as it is.
 
         The mask's background side is floored at BACKGROUND_LOGIT, or with `symmetric_masks` at minus
         the cap, which keeps the outline where U-SAM put it when nnU-Net resamples and averages logits.
         """
         cap = score_logit_cap(cand.scores)
-        canvas = torch.full_like(fg, -float("inf")) if self.cfg.symmetric_masks else fg
+        canvas = torch.full_like(fg, -float("inf"))
         for m in torch.nonzero(torch.isin(cand.owner, kept)).squeeze(1).tolist():
             top = float(cap[cand.owner[m]])
             floor = -top if self.cfg.symmetric_masks else BACKGROUND_LOGIT
             paste_crop(canvas[cand.slice_id[m]], cand.masks[m].clamp(floor, top), cand.regions[m])
-        if canvas is not fg:  # inside the crops U-SAM's side of the outline, elsewhere the background
-            covered = torch.isfinite(canvas)
-            fg[covered] = canvas[covered]
+        covered = torch.isfinite(canvas)
+        fg[covered] = canvas[covered]
 
     @torch.no_grad()
     def detect(self, window):
