@@ -4,11 +4,15 @@
 
 Fold 0 trains for the budget; fold 1 for a single iteration (the untrained reference). Both predict
 the same held-out test cases (never seen in training). Prints, per model, the mean Dice, the share
-of reference nodes touched by the prediction and the false-positive components.
+of reference nodes touched by the prediction and the false-positive components, the seconds per
+training iteration and the largest process's peak memory, then the trained run's curve by epoch
+(training loss, validation loss, nnU-Net's pseudo Dice on the validation windows, phase).
 """
 import argparse
 import os
+import glob
 import platform
+import re
 import time
 
 import numpy as np
@@ -33,6 +37,21 @@ def node_hits(raw, pred):
     return hit, total, false
 
 
+def epoch_curve(fold_dir):
+    """(epoch, train loss, val loss, pseudo Dice, phase) per finished epoch, from nnU-Net's training log."""
+    rows, phase, epoch = [], "", None
+    for line in open(sorted(glob.glob(os.path.join(fold_dir, "training_log_*.txt")))[-1]):
+        if m := re.search(r": Epoch (\d+)\s*$", line):
+            epoch, values = int(m.group(1)), {}
+        elif m := re.search(r"phase: (\w+)", line):
+            phase = m.group(1)
+        elif epoch is not None and (m := re.search(r": (train_loss|val_loss) (\S+)", line)):
+            values[m.group(1)] = float(m.group(2))
+        elif epoch is not None and (m := re.search(r"Pseudo dice \[(?:np\.float64\()?([\d.e-]+)", line)):
+            rows.append((epoch, values.get("train_loss"), values.get("val_loss"), float(m.group(1)), phase))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-tr", default="CoSAMTrainerSmall", dest="trainer")
@@ -40,24 +59,33 @@ def main():
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--shape", type=int, nargs=3, default=(32, 96, 96))
+    p.add_argument("--val-iters", type=int, default=1, help="validation iterations per epoch (the curve's pseudo Dice)")
+    p.add_argument("--seed", type=int, default=0, help="COSAM_SEED of both trainings")
     p.add_argument("--work", default="bench_work/learning_check")
     a = p.parse_args()
     pipe = Pipeline(a.work, log=lambda *_: None)
     pipe.prepare(a.cases, a.shape, seed=7)
     results = {}
     for name, fold, epochs, iters in (("untrained", 1, 1, 1), ("trained", 0, a.epochs, a.iters)):
-        seconds = pipe.train(a.trainer, epochs, iters, val_iters=1, fold=fold)
+        seconds = pipe.train(a.trainer, epochs, iters, val_iters=a.val_iters if name == "trained" else 1,
+                             fold=fold, seed=a.seed)
+        peak = pipe.last_peak_mib
         pred = os.path.join(pipe.work, f"pred_{name}")
         pipe.predict(a.trainer, pred, fold=fold)
         summary, _ = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, log=lambda *_: None)
-        results[name] = (summary, node_hits(pipe.raw, pred), seconds)
+        results[name] = (summary, node_hits(pipe.raw, pred), seconds, peak, epochs * iters)
     print(f"{platform.node()}, {time.strftime('%Y-%m-%d')}: {a.trainer}, {a.cases} cases {a.shape}, "
           f"trained {a.epochs} x {a.iters} iterations")
-    for name, (summary, (hit, total, false), seconds) in results.items():
+    for name, (summary, (hit, total, false), seconds, peak, its) in results.items():
         scored = summary["cases"] - summary["cases_empty_reference_and_prediction"]
         dice = "n/a" if summary["dice_mean"] is None else f"{summary['dice_mean']:.3f}"  # every case empty
         print(f"{name:<10} mean Dice {dice} over {scored} test cases; nodes touched "
-              f"{hit}/{total}; false-positive components {false}; training + validation {seconds:.0f} s")
+              f"{hit}/{total}; false-positive components {false}; training + validation {seconds:.0f} s "
+              f"({seconds / its:.1f} s/iteration); training peak {peak:.0f} MiB")
+    fold_dir = glob.glob(os.path.join(pipe.work, "nnUNet_results", "*", f"{a.trainer}__*", "fold_0"))[0]
+    print("epoch | train loss | val loss | pseudo Dice (validation windows) | phase")
+    for epoch, train, val, dice, phase in epoch_curve(fold_dir):
+        print(f"{epoch} | {train:.3f} | {val:.3f} | {dice:.3f} | {phase}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ def test_network_is_rebuilt_from_the_class_alone():
     b = variants.CoSAMTrainerSmall.build_network_architecture(None, None, 1, 2)
     b.load_state_dict(a.state_dict(), strict=True)
     assert variants.CoSAMTrainerSmall_noE2E.pretrain_fraction == 1.0
+    check, paper = variants.CoSAMTrainer_cpuCheck.cosam_config(), CoSAMTrainer.cosam_config()
+    assert (check.detector, check.usam) == (paper.detector, paper.usam)  # the paper's networks, fewer crops a step
+    assert check.train_true_boxes < paper.train_true_boxes
     assert isinstance(variants.USAMTrainerSmall.build_network_architecture(None, None, 1, 2), USAMSegmenter)
     with pytest.raises(ValueError, match="one CT channel"):
         CoSAMTrainer.build_network_architecture(None, None, 2, 2)

@@ -57,6 +57,20 @@ class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, node_balanced_objectness=False))
 
 
+class CoSAMTrainer_cpuCheck(CoSAMTrainer):
+    """The paper-size networks (ViT-B U-SAM on 224-pixel crops, 256-channel detector) with a training
+    step a CPU can take, for bench/learning_check.py; not a training recipe. Per window U-SAM segments
+    2 jittered true boxes and 2 proposals on one slice each, not 8 + 8 x 2 (a pretrain step of two
+    9 x 96 x 96 windows: 16 s on 2 CPU cores instead of 126 s); the learning rates are the small
+    trainer's, which learn within a few hundred iterations (the paper's are set for 200 x 250)."""
+    learning_rates = SMALL_LEARNING_RATES
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), train_true_boxes=2, train_proposals_per_window=2,
+                       train_slices_per_proposal=1)
+
+
 class CoSAMTrainer_window5(CoSAMTrainer):
     window = 5
 
