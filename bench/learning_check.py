@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cosam_nn.demo import Pipeline
-from cosam_nn.evaluation.evaluate import evaluate_folders
+from cosam_nn.evaluation.evaluate import evaluate_folders, fmt_value
 from cosam_nn.node_geometry import label_nodes
 
 
@@ -79,7 +79,8 @@ def main():
     for name, (summary, (hit, total, false), seconds, peak, its) in results.items():
         scored = summary["cases"] - summary["cases_empty_reference_and_prediction"]
         dice = "n/a" if summary["dice_mean"] is None else f"{summary['dice_mean']:.3f}"  # every case empty
-        print(f"{name:<10} mean Dice {dice} over {scored} test cases; nodes touched "
+        froc = fmt_value(summary["froc_score"])
+        print(f"{name:<10} mean Dice {dice} over {scored} test cases; FROC score {froc}; nodes touched "
               f"{hit}/{total}; false-positive components {false}; training + validation {seconds:.0f} s "
               f"({seconds / its:.1f} s/iteration); training peak {peak:.0f} MiB")
     fold_dir = glob.glob(os.path.join(pipe.work, "nnUNet_results", "*", f"{a.trainer}__*", "fold_0"))[0]
