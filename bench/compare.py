@@ -102,11 +102,15 @@ def parse_row(row):
     return trainer, configuration or "3d_fullres"
 
 
+def training_log_text(fold_dir):
+    """nnU-Net's training logs of one fold joined in order (a run resumed with --c writes another)."""
+    logs = sorted(f for f in os.listdir(fold_dir) if f.startswith("training_log"))
+    return "".join(open(os.path.join(fold_dir, f)).read() for f in logs)
+
+
 def epoch_seconds(model_folder):
     """nnU-Net's 'Epoch time' of each epoch of fold 0 (training iterations and validation), in order."""
-    fold = os.path.join(model_folder, "fold_0")
-    logs = sorted(f for f in os.listdir(fold) if f.startswith("training_log"))
-    text = "".join(open(os.path.join(fold, f)).read() for f in logs)
+    text = training_log_text(os.path.join(model_folder, "fold_0"))
     return [float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", text)]
 
 

@@ -9,8 +9,8 @@ training iteration and the largest process's peak memory, then the trained run's
 (training loss, validation loss, nnU-Net's pseudo Dice on the validation windows, phase).
 """
 import argparse
-import os
 import glob
+import os
 import platform
 import re
 import time
@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from cosam_nn.demo import Pipeline
 from cosam_nn.evaluation.evaluate import evaluate_folders, fmt_value
 from cosam_nn.node_geometry import label_nodes
+from compare import training_log_text
 
 
 def node_hits(raw, pred):
@@ -40,7 +41,7 @@ def node_hits(raw, pred):
 def epoch_curve(fold_dir):
     """(epoch, train loss, val loss, pseudo Dice, phase) per finished epoch, from nnU-Net's training log."""
     rows, phase, epoch = [], "", None
-    for line in open(sorted(glob.glob(os.path.join(fold_dir, "training_log_*.txt")))[-1]):
+    for line in training_log_text(fold_dir).splitlines():
         if m := re.search(r": Epoch (\d+)\s*$", line):
             epoch, values = int(m.group(1)), {}
         elif m := re.search(r"phase: (\w+)", line):
@@ -66,9 +67,8 @@ def main():
     pipe = Pipeline(a.work, log=lambda *_: None)
     pipe.prepare(a.cases, a.shape, seed=7)
     results = {}
-    for name, fold, epochs, iters in (("untrained", 1, 1, 1), ("trained", 0, a.epochs, a.iters)):
-        seconds = pipe.train(a.trainer, epochs, iters, val_iters=a.val_iters if name == "trained" else 1,
-                             fold=fold, seed=a.seed)
+    for name, fold, epochs, iters, val_iters in (("untrained", 1, 1, 1, 1), ("trained", 0, a.epochs, a.iters, a.val_iters)):
+        seconds = pipe.train(a.trainer, epochs, iters, val_iters=val_iters, fold=fold, seed=a.seed)
         peak = pipe.last_peak_mib
         pred = os.path.join(pipe.work, f"pred_{name}")
         pipe.predict(a.trainer, pred, fold=fold)
@@ -78,8 +78,7 @@ def main():
           f"trained {a.epochs} x {a.iters} iterations")
     for name, (summary, (hit, total, false), seconds, peak, its) in results.items():
         scored = summary["cases"] - summary["cases_empty_reference_and_prediction"]
-        dice = "n/a" if summary["dice_mean"] is None else f"{summary['dice_mean']:.3f}"  # every case empty
-        froc = fmt_value(summary["froc_score"])
+        dice, froc = fmt_value(summary["dice_mean"]), fmt_value(summary["froc_score"])  # n/a: every case empty
         print(f"{name:<10} mean Dice {dice} over {scored} test cases; FROC score {froc}; nodes touched "
               f"{hit}/{total}; false-positive components {false}; training + validation {seconds:.0f} s "
               f"({seconds / its:.1f} s/iteration); training peak {peak:.0f} MiB")
