@@ -81,6 +81,7 @@ def test_network_is_rebuilt_from_the_class_alone():
     check, paper = variants.CoSAMTrainer_cpuCheck.cosam_config(), CoSAMTrainer.cosam_config()
     assert (check.detector, check.usam) == (paper.detector, paper.usam)  # the paper's networks, fewer crops a step
     assert check.train_true_boxes < paper.train_true_boxes
+    assert variants.CoSAMTrainer_cpuCheck.learning_rates == CoSAMTrainer.learning_rates  # 2e-3 collapses its detector
     assert isinstance(variants.USAMTrainerSmall.build_network_architecture(None, None, 1, 2), USAMSegmenter)
     with pytest.raises(ValueError, match="one CT channel"):
         CoSAMTrainer.build_network_architecture(None, None, 2, 2)

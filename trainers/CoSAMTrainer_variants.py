@@ -57,13 +57,23 @@ class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, node_balanced_objectness=False))
 
 
+class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
+    """Inference: 96 stage-1 proposals per window instead of 48, and up to 96 of them sent to U-SAM;
+    training unchanged (so it can predict with CoSAMTrainerSmall's weights)."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, max_boxes=96, detector=replace(cfg.detector, test_proposals=96))
+
+
 class CoSAMTrainer_cpuCheck(CoSAMTrainer):
     """The paper-size networks (ViT-B U-SAM on 224-pixel crops, 256-channel detector) with a training
     step a CPU can take, for bench/learning_check.py; not a training recipe. Per window U-SAM segments
     2 jittered true boxes and 2 proposals on one slice each, not 8 + 8 x 2 (a pretrain step of two
-    9 x 96 x 96 windows: 16 s on 2 CPU cores instead of 126 s); the learning rates are the small
-    trainer's, which learn within a few hundred iterations (the paper's are set for 200 x 250)."""
-    learning_rates = SMALL_LEARNING_RATES
+    9 x 96 x 96 windows: 16 s on 2 CPU cores instead of 126 s). The learning rates are
+    CoSAMTrainer's: at the small trainer's 2e-3 the 256-wide detector's stage-2 scores collapse to one
+    value for every proposal (bench/RESULTS.md, the paper-size learning check)."""
 
     @classmethod
     def cosam_config(cls):
