@@ -5,8 +5,8 @@
 
 Cuts one 9-slice window (96 x 96 in-plane) around a node of each of the first --windows training
 cases of fold 0 of an nnU-Net preprocessed dataset (e.g. one that bench/learning_check.py made),
-then trains only the trainer's detector on them, two windows a step, with AdamW at --lr and
-nnU-Net's gradient clipping (12). Prints the detector's losses every 5 steps and, at the end, the
+then trains only the trainer's detector on them, two windows a step, with AdamW at --lr (weight
+decay 3e-5, nnU-Net's default; CoSAMTrainer uses 1e-4) and the trainers' gradient clipping. Prints the detector's losses every 5 steps and, at the end, the
 spread of the stage-2 score logits across the proposals of each window: a detector that has
 collapsed gives every proposal the same score (spread near 0) whatever its losses say.
 """
@@ -23,6 +23,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.training_step import window_targets
 from cosam_nn.trainer_dir import trainer_dir
+from cosam_nn.trainers.CoSAMTrainer import GRADIENT_CLIP_NORM
 
 WINDOW_INPLANE = 96
 
@@ -58,7 +59,7 @@ def train(detector, windows, labels, lr, steps):
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(detector.parameters(), 12)
+        norm = torch.nn.utils.clip_grad_norm_(detector.parameters(), GRADIENT_CLIP_NORM)
         optimizer.step()
         if step % 5 == 0 or step == steps - 1:
             parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())

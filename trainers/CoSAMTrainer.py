@@ -38,6 +38,9 @@ from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
 SAM_CHECKPOINT_VARIABLE = "COSAM_SAM_CHECKPOINT"
 
 
+GRADIENT_CLIP_NORM = 12  # nnU-Net's own
+
+
 class PolyLR:
     """Polynomial decay (exponent 0.9) of each parameter group's own initial learning rate."""
 
@@ -305,12 +308,12 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRADIENT_CLIP_NORM)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRADIENT_CLIP_NORM)
             self.optimizer.step()
         self._iteration += 1
         return {"loss": loss.detach().cpu().numpy()}
