@@ -17,13 +17,13 @@ import time
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.training_step import window_targets
 from cosam_nn.trainer_dir import trainer_dir
 from cosam_nn.trainers.CoSAMTrainer import GRADIENT_CLIP_NORM
+from diagnose import preprocessed_cases
 
 WINDOW_INPLANE = 96
 
@@ -31,13 +31,9 @@ WINDOW_INPLANE = 96
 def node_windows(dataset_folder, count, length):
     """(count, 1, L, 96, 96) windows and their (count, L, 96, 96) node masks, one per case."""
     plans = load_json(os.path.join(dataset_folder, "nnUNetPlans.json"))
-    data_folder = os.path.join(dataset_folder, plans["configurations"]["3d_fullres"]["data_identifier"])
     keys = load_json(os.path.join(dataset_folder, "splits_final.json"))[0]["train"][:count]
-    dataset = infer_dataset_class(data_folder)(data_folder, keys)
     windows, labels = [], []
-    for key in keys:
-        data, seg, _, _ = dataset.load_case(key)
-        image, nodes = np.asarray(data[0], np.float32), np.asarray(seg[0]) > 0
+    for key, image, nodes in preprocessed_cases(dataset_folder, plans, keys):
         if not nodes.any():
             raise SystemExit(f"detector_probe: training case {key} holds no node; pick a dataset whose cases all do")
         z, y, x = (int(c[len(c) // 2]) for c in np.nonzero(nodes))

@@ -50,12 +50,19 @@ def validation_cases(fold_folder):
     pre = os.path.join(os.environ["nnUNet_preprocessed"], dataset)
     fold = int(os.path.basename(fold_folder).split("_")[1])
     val = load_json(os.path.join(pre, "splits_final.json"))[fold]["val"]
-    data_folder = os.path.join(pre, plans["configurations"]["3d_fullres"]["data_identifier"])
     spacing = plans["configurations"]["3d_fullres"]["spacing"]
-    ds = infer_dataset_class(data_folder)(data_folder, val)
-    for case in val:
+    for case, image, nodes in preprocessed_cases(pre, plans, val):
+        yield case, image, nodes, spacing
+
+
+def preprocessed_cases(dataset_folder, plans, keys):
+    """(case, image (Z, Y, X) float32, node mask bool) of each key, from an nnU-Net preprocessed
+    dataset folder (3d_fullres)."""
+    data_folder = os.path.join(dataset_folder, plans["configurations"]["3d_fullres"]["data_identifier"])
+    ds = infer_dataset_class(data_folder)(data_folder, keys)
+    for case in keys:
         data, seg, _, _ = ds.load_case(case)
-        yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0, spacing
+        yield case, np.asarray(data[0], dtype=np.float32), np.asarray(seg[0]) > 0
 
 
 def test_cases(fold_folder, images_folder, labels_folder, max_cases=None):

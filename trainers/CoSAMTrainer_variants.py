@@ -74,8 +74,9 @@ class CoSAMTrainer_cpuCheck(CoSAMTrainer):
     9 x 96 x 96 windows: 16 s on 2 CPU cores instead of 126 s). The learning rates are
     CoSAMTrainer's: at the small trainer's 2e-3 the 256-wide detector's stage-2 scores collapse to one
     value for every proposal (bench/RESULTS.md, the paper-size learning check). The score threshold
-    stays at the configured 0.5: calibrating it segments every proposal over 0.3^2, about 20 per
-    window at about 1 s per ViT-B crop on 2 CPU cores, some 15 minutes per validation case."""
+    stays at the configured 0.5: calibrating it segments the proposals over 0.3^2, up to max_boxes = 20
+    a window on up to 9 slices each, at about 1 s per ViT-B crop on 2 CPU cores: some 15 minutes per
+    validation case."""
 
     calibration_thresholds = ()
 
