@@ -12,7 +12,8 @@ that no patient is in both training and test, and converted with `cosam_convert_
 Budgets, each row trained from scratch for each (seeds S, S+1, ... for --repeats):
 - iterations: every row EPOCHS x ITERS iterations;
 - minutes: every row M minutes of training (epoch time measured, not wall time of the process): the
-  number of epochs comes from a timed warm-up of 2 epochs; with `auto` (default) M is the first
+  number of epochs is M over the row's epoch time in its equal-iterations runs (median of the epochs
+  after the first, which carries start-up costs); with `auto` (default) M is the first
   row's training time at equal iterations, so that row's equal-iteration run is also its
   equal-minute run. Snapshots along these runs give the learning curves (test-set metric against
   training seconds); --long F adds a run of the first row at F times the iterations (curve only).
@@ -21,7 +22,8 @@ Every model predicts the test cases (no TTA) and is scored by cosam_evaluate's m
 and a row's verdict ("ahead", "level", "behind") says whether that interval excludes zero.
 Each run is saved in runs.json as it ends; --keep reuses the finished runs of the same settings, so
 an interrupted benchmark resumes. Writes compare.json, compare.md, curves.csv and curves.png.
---quick: about 8 minutes; the default: about 85 minutes on 2 CPU cores (nnU-Net's 3D network takes most).
+--quick: a smoke run of every step on smaller volumes (24 x 64 x 64), about 8 minutes; the default:
+about 85 minutes on 2 CPU cores (nnU-Net's 3D network takes most).
 """
 import argparse
 import csv
@@ -32,6 +34,7 @@ import platform
 import random
 import re
 import shutil
+import statistics
 import sys
 import time
 
@@ -44,7 +47,7 @@ BASELINE = "nnUNetTrainerBudget 3d_fullres"
 DEFAULT_ROWS = (BASELINE, "CoSAMTrainerSmall")
 SEED_DATA = 2026
 SETTINGS = {  # training cases, test cases, node-free share of the test cases, shape, epochs x iterations
-    "quick": dict(train_cases=12, test_cases=6, test_node_free=0.2, shape=(32, 96, 96), epochs=2, iters=10,
+    "quick": dict(train_cases=12, test_cases=6, test_node_free=0.2, shape=(24, 64, 64), epochs=2, iters=10,
                   fractions=(0.5,)),
     "full": dict(train_cases=38, test_cases=60, test_node_free=0.2, shape=(32, 96, 96), epochs=8, iters=15,
                  fractions=(1 / 2,)),
@@ -54,7 +57,6 @@ REAL_SETTINGS = {  # training and test cases drawn from the real-CT folder, epoc
     "full": dict(train_cases=160, test_cases=100, epochs=8, iters=40, fractions=()),
 }
 METRIC_NAMES = {"dice": "Dice", "froc": "FROC score", "ap10": "AP@0.1", "sens_small": "sens. < 5 mm"}
-WARMUP_EPOCHS = 2
 
 
 def patient_of(case):
@@ -212,18 +214,14 @@ class Bench:
               f"{sum(seconds):.0f} s of training", flush=True)
         return run
 
-    def warmup_epoch_seconds(self, row, seed):
-        """Seconds of one epoch of `row` at this benchmark's iterations per epoch (the second of a
-        short run: the first carries start-up costs)."""
-        run_id = f"warmup_{row.replace(' ', '_')}"
-        key = run_id
-        if key not in self.runs:
-            model = self.train(run_id, row, WARMUP_EPOCHS, seed)
-            self.runs[key] = {"epoch_seconds": epoch_seconds(model), "date": time.strftime("%Y-%m-%d %H:%M")}
-            shutil.rmtree(os.path.join(self.pipe.work, "results", run_id), ignore_errors=True)
-            self.save()
-        return self.runs[key]["epoch_seconds"][-1]
-
+    def epoch_seconds_of(self, row):
+        """Seconds of one epoch of `row` at this benchmark's iterations per epoch: the median of the
+        epochs after the first (which carries start-up costs) of its equal-iterations runs."""
+        seconds = [t for run in self.runs.values() if run.get("row") == row and run.get("budget") == "iterations"
+                   for t in run["epoch_seconds"][1:]]
+        if not seconds:
+            sys.exit(f"compare: no equal-iterations run of {row} with 2 or more epochs to time an epoch by")
+        return statistics.median(seconds)
 
 def _cell(stat):
     lo, hi = stat["interval"]
@@ -368,7 +366,7 @@ def main():
                 minute_runs[row] = iteration_runs[row]
                 continue
             minute_runs[row] = []
-            epochs = max(1, round(minutes * 60 / bench.warmup_epoch_seconds(row, seeds[0])))
+            epochs = max(1, round(minutes * 60 / bench.epoch_seconds_of(row)))
             for s in seeds:
                 minute_runs[row].append(bench.run(f"{row.replace(' ', '_')}_min{minutes:.1f}_e{epochs}_s{s}", row,
                                                   epochs, s, "minutes", cfg["fractions"]))
