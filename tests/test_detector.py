@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torchvision.ops import box_iou
@@ -139,3 +141,36 @@ def test_cpu_inference_encodes_each_slice_once_and_forgets_on_new_weights():
     det.train()
     out = det(volume[:, :, 0:5], [node_boxes(torch.zeros(5, 32, 32))])
     assert det._slice_cache is None and out["losses"]
+
+
+class _FixedMaps(torch.nn.Module):
+    """Stands in for the proposal head or the dense head: fixed objectness / per-slice logits, zero
+    box deltas, every slice present."""
+
+    def __init__(self, logits, window=None):
+        super().__init__()
+        self.logits, self.window = logits, window
+
+    def forward(self, feats):
+        if self.window is None:  # dense head: (B * L, C, h, w) -> (B * L, 1, h, w)
+            return self.logits.expand(feats.shape[0], 1, -1, -1)
+        b, h, w = feats.shape[0], *self.logits.shape
+        return (self.logits.expand(b, h, w), torch.zeros(b, h, w, self.window, 4),
+                torch.full((b, h, w, self.window), 5.0))
+
+
+@pytest.mark.parametrize("dense_ranking", [False, True])
+def test_dense_ranking_lets_the_dense_head_pick_the_proposals(dense_ranking):
+    """Objectness prefers cell (1, 1), the dense head sees a node only at cell (5, 6): with dense
+    ranking the one proposal kept sits at (5, 6), without it at (1, 1)."""
+    cfg = replace(CoSAMConfig.small(window=5).detector, test_proposals=1, dense_ranking=dense_ranking)
+    det = SequenceDetector(cfg).eval()
+    objectness = torch.full((8, 8), -2.0)
+    objectness[1, 1], objectness[5, 6] = -1.0, -1.5
+    dense = torch.full((8, 8), -6.0)
+    dense[5, 6] = 3.0
+    det.proposal_head, det.dense_head = _FixedMaps(objectness, window=5), _FixedMaps(dense)
+    with torch.no_grad():
+        box = det(torch.randn(1, 1, 5, 32, 32))["proposals"][0].boxes[0, 2]
+    centre = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)  # x, y; cell (row, col) -> centre (4 col + 2, 4 row + 2)
+    assert centre == ((26.0, 22.0) if dense_ranking else (6.0, 6.0))

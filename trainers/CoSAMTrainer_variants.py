@@ -67,6 +67,27 @@ class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
         return replace(cfg, max_boxes=96, detector=replace(cfg.detector, test_proposals=96))
 
 
+class CoSAMTrainerSmall_moreStage2Proposals(CoSAMTrainerSmall):
+    """Inference: 96 stage-1 proposals per window reach stage 2 instead of 48, still at most 24 boxes sent
+    to U-SAM; training unchanged. More small nodes, but 1.36x the prediction time of a large volume
+    (bench/RESULTS.md)."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, test_proposals=96))
+
+
+class CoSAMTrainerSmall_objectnessRanking(CoSAMTrainerSmall):
+    """Inference as before dense ranking: stage-1 proposals ranked by their objectness alone; training
+    unchanged."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, dense_ranking=False))
+
+
 class CoSAMTrainer_cpuCheck(CoSAMTrainer):
     """The paper-size networks (ViT-B U-SAM on 224-pixel crops, 256-channel detector) with a training
     step a CPU can take, for bench/learning_check.py; not a training recipe. Per window U-SAM segments

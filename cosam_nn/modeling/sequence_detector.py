@@ -268,6 +268,15 @@ class SequenceDetector(nn.Module):
                 "rpn_box_giou": torch.stack(box_giou).mean() if box_giou else zero,
                 "rpn_presence": torch.stack(pres).mean() if pres else zero + presence.sum() * 0.0}
 
+    def _dense_ranking(self, objectness, feats):
+        """Inference: the logit of sqrt(objectness x the dense head's probability on the window's best
+        slice), by which stage-1 proposals are ranked. The dense head learns from every cell a node's
+        box overlaps, the objectness from a few cells per node; after a short training the objectness
+        of all proposals lies within 0.09-0.2, a weak ranking on its own."""
+        b, length, _, h, w = feats.shape
+        dense = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w).amax(1)
+        return torch.logit(torch.sqrt(objectness.sigmoid() * dense.sigmoid()), eps=1e-6)
+
     @torch.no_grad()
     def _screen(self, objectness, deltas, presence, anchors, image_hw, keep):
         """Top proposals per window after score ranking and NMS on union boxes."""
@@ -374,7 +383,8 @@ class SequenceDetector(nn.Module):
         objectness, deltas, presence = self.proposal_head(feats)
         anchors = self._anchors(feats.shape[-2], feats.shape[-1], (h, w), window.device)
         keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
-        proposals = self._screen(objectness, deltas, presence, anchors, (h, w), keep)
+        rank = self._dense_ranking(objectness, feats) if targets is None and self.cfg.dense_ranking else objectness
+        proposals = self._screen(rank, deltas, presence, anchors, (h, w), keep)
         losses = {}
         if targets is not None:
             losses.update(self._stage1_losses(objectness, deltas, presence, anchors, targets))

@@ -1,0 +1,113 @@
+"""Re-predict finished compare.py runs with an inference-only variant trainer (the same weights), into a
+new folder whose runs.json pair_runs.py pairs with the original.
+
+    python bench/repredict.py WORK VARIANT RUN_ID [RUN_ID ...] --out DEST [--threshold calibrate|keep|T]
+
+WORK is compare.py's work folder. Each run's checkpoint_final.pth is copied under the variant's name
+(WORK/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0), its score threshold set, the
+test cases predicted into DEST/predictions/RUN_ID and scored as compare.py scores them. The threshold:
+`calibrate` (default) picks it with the variant's inference settings on the fold's validation cases, as
+the trainer does after training, so that the comparison is the one a user would see; `keep` keeps the
+run's own (calibrated with the trainer's settings); a number sets it. Then:
+`python bench/pair_runs.py WORK DEST --after-tr VARIANT`.
+Only for checkpoints you trained: nnU-Net's checkpoints need torch.load(weights_only=False).
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+from diagnose import load_model, validation_cases
+from cosam_nn.calibration import calibrate
+from cosam_nn.data.fileio import write_text_atomic
+from cosam_nn.demo import Pipeline
+from cosam_nn.evaluation.bootstrap import case_record
+from cosam_nn.evaluation.evaluate import evaluate_folders
+from cosam_nn.trainer_dir import trainer_dir
+from cosam_nn.trainers.CoSAMTrainer import window_patch
+
+
+def variant_copy(model_folder, variant, threshold):
+    """Copy a run's model folder (plans, dataset, final checkpoint) under the variant's trainer name with
+    the given score threshold."""
+    trainer = os.path.basename(model_folder).split("__")[0]
+    target = os.path.join(os.path.dirname(model_folder), os.path.basename(model_folder).replace(trainer, variant, 1))
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(os.path.join(target, "fold_0"))
+    for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
+        shutil.copy(os.path.join(model_folder, name), target)
+    checkpoint = torch.load(os.path.join(model_folder, "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
+    checkpoint["trainer_name"] = variant
+    checkpoint["network_weights"]["score_threshold"] = torch.tensor(float(threshold))
+    torch.save(checkpoint, os.path.join(target, "fold_0", "checkpoint_final.pth"))
+
+
+def calibrated_threshold(fold_folder, variant):
+    """The threshold the variant's trainer would pick after training, on the fold's validation cases
+    (the weights of fold_folder, the inference settings of the variant)."""
+    trainer = recursive_find_python_class(trainer_dir(), variant, "cosam_nn.trainers")
+    model = load_model(fold_folder, variant)
+    plans = load_json(os.path.join(os.path.dirname(fold_folder), "plans.json"))
+    patch = window_patch(plans["configurations"]["3d_fullres"]["patch_size"], trainer.window, trainer.max_inplane)
+    cases = [(torch.from_numpy(image[None]), torch.from_numpy(label))
+             for _, image, label, _ in validation_cases(fold_folder)][: trainer.calibration_cases]
+    with torch.no_grad():
+        return calibrate(model, cases, patch, trainer.calibration_thresholds)[0]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("work")
+    p.add_argument("variant")
+    p.add_argument("runs", nargs="+", metavar="RUN_ID")
+    p.add_argument("--out", required=True, help="folder for the predictions and runs.json")
+    p.add_argument("--threshold", default="calibrate", help="calibrate (default), keep, or a number")
+    a = p.parse_args()
+    runs_path = os.path.join(a.work, "runs.json")
+    if not os.path.isfile(runs_path):
+        sys.exit(f"repredict: {runs_path} not found: WORK must be a compare.py work folder")
+    saved = load_json(runs_path)
+    pipe = Pipeline(a.work, log=lambda *_: None)
+    os.environ["nnUNet_preprocessed"] = pipe.env["nnUNet_preprocessed"]
+    dataset = os.path.basename(pipe.raw)
+    for run_id in a.runs:
+        run = saved["runs"].get(run_id)
+        if run is None or "points" not in run:
+            sys.exit(f"repredict: {runs_path} holds no finished run {run_id!r}")
+        model_folder = os.path.join(a.work, "results", run_id, dataset, f"{run['row']}__nnUNetPlans__3d_fullres")
+        own = float(torch.load(os.path.join(model_folder, "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                               weights_only=False)["network_weights"]["score_threshold"])
+        if a.threshold == "calibrate":
+            threshold = calibrated_threshold(os.path.join(model_folder, "fold_0"), a.variant)
+        else:
+            threshold = own if a.threshold == "keep" else float(a.threshold)
+        variant_copy(model_folder, a.variant, threshold)
+        pipe.env["nnUNet_results"] = os.path.join(a.work, "results", run_id)
+        pred = os.path.join(a.out, "predictions", run_id)
+        shutil.rmtree(pred, ignore_errors=True)
+        seconds = pipe.predict(a.variant, pred, probabilities=True)
+        summary, results = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, use_probs=True,
+                                            log=lambda *_: None)
+        point = {"predict_s_per_case": seconds / summary["cases"],
+                 "cases": {case: case_record(r) for case, r in results.items()},
+                 "summary": {"dice": summary["dice_mean"], "froc": summary["froc_score"], "ap10": summary["ap"]["0.1"],
+                             "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
+                             "pooled_dice": summary["pooled_slice_dice"]}}
+        run["points"][-1] = dict(run["points"][-1], **point)
+        run["row"], run["threshold"] = a.variant, threshold
+        print(f"{run_id} with {a.variant}, threshold {threshold:g} (its own {own:g}): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in point["summary"].items() if v is not None), flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    keep = {run_id: saved["runs"][run_id] for run_id in a.runs}
+    write_text_atomic(os.path.join(a.out, "runs.json"), json.dumps({"settings": saved.get("settings"), "runs": keep},
+                                                                   indent=1))
+
+
+if __name__ == "__main__":
+    main()
