@@ -121,6 +121,16 @@ def snapshot_epochs(epochs, fractions):
     return sorted({max(1, round(epochs * f)) for f in fractions} - {epochs})
 
 
+def scored_point(labels_folder, predictions, seconds):
+    """One evaluated checkpoint: seconds per case, each test case's record and the summary metrics."""
+    summary, results = evaluate_folders(labels_folder, predictions, use_probs=True, log=lambda *_: None)
+    return {"predict_s_per_case": seconds / summary["cases"],
+            "cases": {case: case_record(r) for case, r in results.items()},
+            "summary": {"dice": summary["dice_mean"], "froc": summary["froc_score"], "ap10": summary["ap"]["0.1"],
+                        "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
+                        "pooled_dice": summary["pooled_slice_dice"]}}
+
+
 class Bench:
     """The work folder: data, one nnU-Net results folder per run, runs.json."""
 
@@ -179,14 +189,8 @@ class Bench:
         pred = os.path.join(self.pipe.work, "predictions", run_id, checkpoint.replace(".pth", ""))
         shutil.rmtree(pred, ignore_errors=True)
         seconds = self.pipe.predict(trainer, pred, probabilities=True, configuration=configuration, checkpoint=checkpoint)
-        peak = self.pipe.last_peak_mib
-        summary, results = evaluate_folders(os.path.join(self.pipe.raw, "labelsTs"), pred, use_probs=True,
-                                            log=lambda *_: None)
-        return {"predict_s_per_case": seconds / summary["cases"], "predict_peak_mib": peak,
-                "cases": {case: case_record(r) for case, r in results.items()},
-                "summary": {"dice": summary["dice_mean"], "froc": summary["froc_score"], "ap10": summary["ap"]["0.1"],
-                            "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
-                            "pooled_dice": summary["pooled_slice_dice"]}}
+        return dict(scored_point(os.path.join(self.pipe.raw, "labelsTs"), pred, seconds),
+                    predict_peak_mib=self.pipe.last_peak_mib)
 
     def run(self, run_id, row, epochs, seed, budget, fractions=()):
         """Train (unless runs.json has it), evaluate the final model and the snapshots at `fractions`."""

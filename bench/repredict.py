@@ -4,8 +4,9 @@ new folder whose runs.json pair_runs.py pairs with the original.
     python bench/repredict.py WORK VARIANT RUN_ID [RUN_ID ...] --out DEST [--threshold calibrate|keep|T]
 
 WORK is compare.py's work folder. Each run's checkpoint_final.pth is copied under the variant's name
-(WORK/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0), its score threshold set, the
-test cases predicted into DEST/predictions/RUN_ID and scored as compare.py scores them. The threshold:
+(DEST/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0; VARIANT may be the run's own
+trainer, to predict with the code as it is now), its score threshold set, the test cases predicted
+into DEST/predictions/RUN_ID and scored as compare.py scores them. The threshold:
 `calibrate` (default) picks it with the variant's inference settings on the fold's validation cases, as
 the trainer does after training, so that the comparison is the one a user would see; `keep` keeps the
 run's own (calibrated with the trainer's settings); a number sets it. Then:
@@ -22,21 +23,21 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
+from compare import scored_point
 from diagnose import load_model, validation_cases
 from cosam_nn.calibration import calibrate
 from cosam_nn.data.fileio import write_text_atomic
 from cosam_nn.demo import Pipeline
-from cosam_nn.evaluation.bootstrap import case_record
-from cosam_nn.evaluation.evaluate import evaluate_folders
 from cosam_nn.trainer_dir import trainer_dir
 from cosam_nn.trainers.CoSAMTrainer import window_patch
 
 
-def variant_copy(model_folder, variant, threshold):
-    """Copy a run's model folder (plans, dataset, final checkpoint) under the variant's trainer name with
-    the given score threshold."""
+def variant_copy(model_folder, target_root, variant, threshold):
+    """Copy a run's model folder (plans, dataset, final checkpoint) into target_root/<dataset>/ under the
+    variant's trainer name, with the given score threshold; the run's own folder is not touched."""
     trainer = os.path.basename(model_folder).split("__")[0]
-    target = os.path.join(os.path.dirname(model_folder), os.path.basename(model_folder).replace(trainer, variant, 1))
+    target = os.path.join(target_root, os.path.basename(os.path.dirname(model_folder)),
+                          os.path.basename(model_folder).replace(trainer, variant, 1))
     shutil.rmtree(target, ignore_errors=True)
     os.makedirs(os.path.join(target, "fold_0"))
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
@@ -69,6 +70,8 @@ def main():
     p.add_argument("--out", required=True, help="folder for the predictions and runs.json")
     p.add_argument("--threshold", default="calibrate", help="calibrate (default), keep, or a number")
     a = p.parse_args()
+    if not hasattr(recursive_find_python_class(trainer_dir(), a.variant, "cosam_nn.trainers"), "cosam_config"):
+        sys.exit(f"repredict: {a.variant} is not a CoSAM trainer of this project ({trainer_dir()})")
     runs_path = os.path.join(a.work, "runs.json")
     if not os.path.isfile(runs_path):
         sys.exit(f"repredict: {runs_path} not found: WORK must be a compare.py work folder")
@@ -87,18 +90,12 @@ def main():
             threshold = calibrated_threshold(os.path.join(model_folder, "fold_0"), a.variant)
         else:
             threshold = own if a.threshold == "keep" else float(a.threshold)
-        variant_copy(model_folder, a.variant, threshold)
-        pipe.env["nnUNet_results"] = os.path.join(a.work, "results", run_id)
+        pipe.env["nnUNet_results"] = os.path.join(a.out, "results", run_id)
+        variant_copy(model_folder, pipe.env["nnUNet_results"], a.variant, threshold)
         pred = os.path.join(a.out, "predictions", run_id)
         shutil.rmtree(pred, ignore_errors=True)
         seconds = pipe.predict(a.variant, pred, probabilities=True)
-        summary, results = evaluate_folders(os.path.join(pipe.raw, "labelsTs"), pred, use_probs=True,
-                                            log=lambda *_: None)
-        point = {"predict_s_per_case": seconds / summary["cases"],
-                 "cases": {case: case_record(r) for case, r in results.items()},
-                 "summary": {"dice": summary["dice_mean"], "froc": summary["froc_score"], "ap10": summary["ap"]["0.1"],
-                             "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
-                             "pooled_dice": summary["pooled_slice_dice"]}}
+        point = scored_point(os.path.join(pipe.raw, "labelsTs"), pred, seconds)
         run["points"][-1] = dict(run["points"][-1], **point)
         run["row"], run["threshold"] = a.variant, threshold
         print(f"{run_id} with {a.variant}, threshold {threshold:g} (its own {own:g}): "
