@@ -227,6 +227,7 @@ class Bench:
             sys.exit(f"compare: no equal-iterations run of {row} with 2 or more epochs to time an epoch by")
         return statistics.median(seconds)
 
+
 def _cell(stat):
     lo, hi = stat["interval"]
     return f"{fmt_value(stat['value'])} [{fmt_value(lo)}, {fmt_value(hi)}]" if lo is not None else fmt_value(stat["value"])

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+from itertools import islice
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -32,9 +33,10 @@ from cosam_nn.trainer_dir import trainer_dir
 from cosam_nn.trainers.CoSAMTrainer import window_patch
 
 
-def variant_copy(model_folder, target_root, variant, threshold):
-    """Copy a run's model folder (plans, dataset, final checkpoint) into target_root/<dataset>/ under the
-    variant's trainer name, with the given score threshold; the run's own folder is not touched."""
+def variant_copy(model_folder, checkpoint, target_root, variant, threshold):
+    """Copy a run's model folder (plans, dataset, and `checkpoint`, its loaded checkpoint_final.pth) into
+    target_root/<dataset>/ under the variant's trainer name, with the given score threshold (set in
+    `checkpoint`); the run's own folder is not touched."""
     trainer = os.path.basename(model_folder).split("__")[0]
     target = os.path.join(target_root, os.path.basename(os.path.dirname(model_folder)),
                           os.path.basename(model_folder).replace(trainer, variant, 1))
@@ -42,22 +44,19 @@ def variant_copy(model_folder, target_root, variant, threshold):
     os.makedirs(os.path.join(target, "fold_0"))
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         shutil.copy(os.path.join(model_folder, name), target)
-    checkpoint = torch.load(os.path.join(model_folder, "fold_0", "checkpoint_final.pth"), map_location="cpu",
-                            weights_only=False)
     checkpoint["trainer_name"] = variant
     checkpoint["network_weights"]["score_threshold"] = torch.tensor(float(threshold))
     torch.save(checkpoint, os.path.join(target, "fold_0", "checkpoint_final.pth"))
 
 
-def calibrated_threshold(fold_folder, variant):
-    """The threshold the variant's trainer would pick after training, on the fold's validation cases
-    (the weights of fold_folder, the inference settings of the variant)."""
-    trainer = recursive_find_python_class(trainer_dir(), variant, "cosam_nn.trainers")
-    model = load_model(fold_folder, variant)
+def calibrated_threshold(fold_folder, trainer):
+    """The threshold the variant's trainer (class) would pick after training, on the fold's validation
+    cases (the weights of fold_folder, the inference settings of the variant)."""
+    model = load_model(fold_folder, trainer.__name__)
     plans = load_json(os.path.join(os.path.dirname(fold_folder), "plans.json"))
     patch = window_patch(plans["configurations"]["3d_fullres"]["patch_size"], trainer.window, trainer.max_inplane)
     cases = [(torch.from_numpy(image[None]), torch.from_numpy(label))
-             for _, image, label, _ in validation_cases(fold_folder)][: trainer.calibration_cases]
+             for _, image, label, _ in islice(validation_cases(fold_folder), trainer.calibration_cases)]
     with torch.no_grad():
         return calibrate(model, cases, patch, trainer.calibration_thresholds)[0]
 
@@ -70,7 +69,8 @@ def main():
     p.add_argument("--out", required=True, help="folder for the predictions and runs.json")
     p.add_argument("--threshold", default="calibrate", help="calibrate (default), keep, or a number")
     a = p.parse_args()
-    if not hasattr(recursive_find_python_class(trainer_dir(), a.variant, "cosam_nn.trainers"), "cosam_config"):
+    trainer = recursive_find_python_class(trainer_dir(), a.variant, "cosam_nn.trainers")
+    if not hasattr(trainer, "cosam_config"):
         sys.exit(f"repredict: {a.variant} is not a CoSAM trainer of this project ({trainer_dir()})")
     runs_path = os.path.join(a.work, "runs.json")
     if not os.path.isfile(runs_path):
@@ -84,14 +84,15 @@ def main():
         if run is None or "points" not in run:
             sys.exit(f"repredict: {runs_path} holds no finished run {run_id!r}")
         model_folder = os.path.join(a.work, "results", run_id, dataset, f"{run['row']}__nnUNetPlans__3d_fullres")
-        own = float(torch.load(os.path.join(model_folder, "fold_0", "checkpoint_final.pth"), map_location="cpu",
-                               weights_only=False)["network_weights"]["score_threshold"])
+        checkpoint = torch.load(os.path.join(model_folder, "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                                weights_only=False)
+        own = float(checkpoint["network_weights"]["score_threshold"])
         if a.threshold == "calibrate":
-            threshold = calibrated_threshold(os.path.join(model_folder, "fold_0"), a.variant)
+            threshold = calibrated_threshold(os.path.join(model_folder, "fold_0"), trainer)
         else:
             threshold = own if a.threshold == "keep" else float(a.threshold)
         pipe.env["nnUNet_results"] = os.path.join(a.out, "results", run_id)
-        variant_copy(model_folder, pipe.env["nnUNet_results"], a.variant, threshold)
+        variant_copy(model_folder, checkpoint, pipe.env["nnUNet_results"], a.variant, threshold)
         pred = os.path.join(a.out, "predictions", run_id)
         shutil.rmtree(pred, ignore_errors=True)
         seconds = pipe.predict(a.variant, pred, probabilities=True)

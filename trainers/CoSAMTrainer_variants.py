@@ -69,7 +69,7 @@ class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
 
 class CoSAMTrainerSmall_moreStage2Proposals(CoSAMTrainerSmall):
     """Inference: 96 stage-1 proposals per window reach stage 2 instead of 48, still at most 24 boxes sent
-    to U-SAM; training unchanged. More small nodes, but 1.36x the prediction time of a large volume
+    to U-SAM; training unchanged. More small nodes, but 1.24x the prediction time of a large volume
     (bench/RESULTS.md)."""
 
     @classmethod
