@@ -78,6 +78,24 @@ class CoSAMTrainerSmall_moreStage2Proposals(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, test_proposals=96))
 
 
+class CoSAMTrainerSmall_roiSampling1(CoSAMTrainerSmall):
+    """Stage 2 pools each RoI bin from one bilinear sample instead of 2 x 2, in training and inference."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, roi_sampling_ratio=1))
+
+
+class CoSAMTrainerSmall_roiSampling1_moreStage2Proposals(CoSAMTrainerSmall_roiSampling1):
+    """Inference with CoSAMTrainerSmall_roiSampling1's weights: 96 stage-1 proposals reach stage 2."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, test_proposals=96))
+
+
 class CoSAMTrainerSmall_objectnessRanking(CoSAMTrainerSmall):
     """Inference as before dense ranking: stage-1 proposals ranked by their objectness alone; training
     unchanged."""

@@ -8,6 +8,7 @@ class DetectorConfig:
     channels: tuple = (32, 64, 128, 256)  # backbone stages at strides 1, 2, 4, 8 (... then 16)
     feature_dim: int = 128               # per-slice feature map at stride 4
     roi_size: int = 7
+    roi_sampling_ratio: int = 2          # bilinear samples per RoI bin and axis (torchvision's roi_align)
     token_dim: int = 256
     encoder_layers: int = 2
     decoder_layers: int = 2

@@ -337,7 +337,8 @@ class SequenceDetector(nn.Module):
                        + torch.arange(length, device=rois.device).view(1, 1, length)).expand(b, n, length)
         scale = feats.shape[-1] / image_hw[1]
         pooled = roi_align(feats.flatten(0, 1), torch.cat([image_index.reshape(-1, 1).float(), rois.reshape(-1, 4)], 1),
-                           self.cfg.roi_size, spatial_scale=scale, sampling_ratio=2, aligned=True)
+                           self.cfg.roi_size, spatial_scale=scale, sampling_ratio=self.cfg.roi_sampling_ratio,
+                           aligned=True)
         hw = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], device=rois.device, dtype=rois.dtype)
         tokens = (self.roi_embed(pooled).view(b * n, length, -1) + self.slice_embed
                   + self.box_embed(rois.reshape(b * n, length, 4) / hw)
