@@ -1,5 +1,6 @@
 import pytest
 
+from cosam_nn import demo
 from cosam_nn.demo import Pipeline, dice_table
 
 
@@ -17,3 +18,22 @@ def test_dice_table_mean_leaves_out_cases_without_nodes():
     table = dice_table({"a": case(10, 10, 0.5), "b": case(0, 0, None), "c": case(4, 0, 0.0)})
     assert "mean         Dice 0.250 over 2 case(s)" in table
     assert "b            reference voxels      0  predicted      0  Dice -" in table
+
+
+@pytest.mark.parametrize("argv, seed", [([], 0), (["--seed", "5"], 5)])
+def test_demo_trains_with_a_fixed_seed(tmp_path, monkeypatch, argv, seed):
+    """The demo's model is reproducible: its training always gets a COSAM_SEED (0 unless asked)."""
+    trained = {}
+
+    class Stop(Exception):
+        pass
+
+    def train(self, trainer, epochs, iters, seed=None, **_):
+        trained.update(trainer=trainer, seed=seed)
+        raise Stop
+
+    monkeypatch.setattr(Pipeline, "prepare", lambda self, *a, **k: None)
+    monkeypatch.setattr(Pipeline, "train", train)
+    with pytest.raises(Stop):
+        demo.main(["--work", str(tmp_path / "work")] + argv)
+    assert trained == {"trainer": "CoSAMTrainerSmall", "seed": seed}
