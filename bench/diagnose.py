@@ -12,9 +12,13 @@ score, and U-SAM's Dice when prompted with the true box; and the false boxes per
 for the cross-cuts of nodes under --small-mm short axis (measured on the whole node), the stage at
 which each is lost: never proposed (stage 1), rejected at stage 2, scored below the threshold
 (detector x CCM), dropped by NMS or the box limit, or kept.
+For the small cross-cuts never proposed, the stage-1 candidates before the cut to `test_proposals`
+tell why: the rank (after NMS, in the detector's inference ranking) of the best-placed candidate at
+union IoU >= 0.3, or that no candidate of the window has one (every anchor decoded, no NMS).
 """
 import argparse
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,6 +27,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from torchvision.ops import box_iou
 
+from cosam_nn.modeling.backbone import run_per_slice
 from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
@@ -90,6 +95,33 @@ def short_axes(label, spacing):
 
 
 @torch.no_grad()
+def stage1_pools(detector, window):
+    """Stage 1's candidates of one window, each best first in the inference ranking: (screened: after
+    NMS, before the cut to test_proposals; every: each anchor's decoded box, no NMS)."""
+    h, w = window.shape[-2:]
+    feats = run_per_slice(detector.backbone, window)
+    objectness, deltas, presence = detector.proposal_head(feats)
+    anchors = detector._anchors(feats.shape[-2], feats.shape[-1], (h, w), window.device)
+    rank = detector._dense_ranking(objectness, feats) if detector.cfg.dense_ranking else objectness
+    cfg, everything = detector.cfg, objectness[0].numel()
+    try:
+        screened = detector._screen(rank, deltas, presence, anchors, (h, w), everything)[0]
+        detector.cfg = replace(cfg, pre_nms_top_k=everything, proposal_nms_iou=1.0)
+        every = detector._screen(rank, deltas, presence, anchors, (h, w), everything)[0]
+    finally:
+        detector.cfg = cfg
+    return screened, every
+
+
+def first_rank(proposals, target_union, min_iou=0.3):
+    """1-based rank of the first proposal whose union box reaches min_iou with the node's, or None."""
+    if not len(proposals.scores):
+        return None
+    hit = torch.nonzero(box_iou(union_boxes(proposals.boxes, proposals.present), target_union)[:, 0] >= min_iou)
+    return int(hit[0]) + 1 if len(hit) else None
+
+
+@torch.no_grad()
 def window_stats(model, window, labels, case_instances=None):
     """Per node present on the window's centre slice: dict of its best values at each stage
     (`case_id`: the node's id in `case_instances`, the case's instance map over the window)."""
@@ -116,12 +148,15 @@ def window_stats(model, window, labels, case_instances=None):
         ccm = torch.zeros_like(score)
         ccm[idx] = model.ccm(mean_token_per_proposal(tokens, owner, len(idx)), det["seq_features"][0][idx]).softmax(-1)[:, 1]
     matched_any = torch.zeros_like(valid)
+    pools = stage1_pools(model.detector, window) if len(nodes) else None
     for n in nodes.tolist():
         row = {"voxels": int(boxes.voxels[n])}
         if case_instances is not None:
             row["case_id"] = int(case_instances[inst == n + 1].max())
         iou1 = box_iou(union_boxes(s1.boxes, s1.present), t_union[n:n + 1])[:, 0] if len(s1.scores) else torch.zeros(0)
         row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
+        row["stage1_rank"] = first_rank(pools[0], t_union[n:n + 1])
+        row["any_candidate"] = first_rank(pools[1], t_union[n:n + 1]) is not None
         match = (iou2[:, n] >= 0.3) & valid
         matched_any |= match
         row["stage2_iou"] = float(iou2[:, n][valid].max()) if valid.any() else 0.0
@@ -203,6 +238,15 @@ def report(model, cases, step=4, name="CoSAM", small_mm=5.0):
     for stage in ("never proposed (stage 1)", "rejected at stage 2", "score below threshold (detector x CCM)",
                   "dropped by NMS or the box limit", "kept"):
         print(f"  {stage:<42} {stages.count(stage):4d}")
+    never = [r for r, stage in zip(small, stages) if stage == "never proposed (stage 1)"]
+    if never:
+        keep = model.cfg.detector.test_proposals
+        ranks = [r["stage1_rank"] for r in never if r["stage1_rank"] is not None]
+        print("  never proposed, the best-ranked stage-1 candidate at union IoU >= 0.3 (after NMS):")
+        print(f"    ranked {keep + 1}-{2 * keep:<34} {sum(keep < k <= 2 * keep for k in ranks):4d}")
+        print(f"    ranked beyond {2 * keep:<33} {sum(k > 2 * keep for k in ranks):4d}")
+        print(f"    removed by the pre-NMS top-k or NMS          {sum(r['any_candidate'] for r in never) - len(ranks):4d}")
+        print(f"    no anchor's box reaches IoU 0.3             {sum(not r['any_candidate'] for r in never):4d}")
     if small:
         print(f"  U-SAM Dice with the true box, centre slice: mean {np.mean([r['usam_true_box_dice'] for r in small]):.3f}")
 

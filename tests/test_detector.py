@@ -174,3 +174,49 @@ def test_dense_ranking_lets_the_dense_head_pick_the_proposals(dense_ranking):
         box = det(torch.randn(1, 1, 5, 32, 32))["proposals"][0].boxes[0, 2]
     centre = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)  # x, y; cell (row, col) -> centre (4 col + 2, 4 row + 2)
     assert centre == ((26.0, 22.0) if dense_ranking else (6.0, 6.0))
+
+
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_stage2_pools_with_the_configured_sampling_ratio(ratio, monkeypatch):
+    """`roi_sampling_ratio` reaches RoI align: stage 2's features are those of that many samples per bin."""
+    from cosam_nn.modeling import sequence_detector
+    seen = []
+    real = sequence_detector.roi_align
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["sampling_ratio"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sequence_detector, "roi_align", spy)
+    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, roi_sampling_ratio=ratio)).eval()
+    with torch.no_grad():
+        det(torch.randn(1, 1, 5, 32, 32))
+    assert seen == [ratio]
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_node_balanced_boxes_let_a_small_node_teach_as_much_as_a_large_one(balanced):
+    """One 40 px node owns many stage-1 locations, one 4 px node a few. With all box deltas 0 (every box
+    is its 8 px anchor), the large node's boxes are far off and the small node's near: unweighted, the
+    mean box loss is close to the large node's; weighted per node, it lies halfway to the small node's."""
+    cfg = replace(CoSAMConfig.small(window=5).detector, node_balanced_boxes=balanced)
+    det = SequenceDetector(cfg)
+    mask = torch.zeros(5, 64, 64)
+    mask[:, 8:48, 8:48] = 1
+    mask[:, 56:60, 56:60] = 1
+    anchors = det._anchors(16, 16, (64, 64), "cpu")
+    target = node_boxes(mask)
+    assigned = det._assign_locations(anchors, target)
+    counts = torch.bincount(assigned[assigned >= 0])
+    assert counts.max() >= 4 * counts.min()  # the large node has many more locations
+    zeros = torch.zeros(1, 16, 16)
+    losses = det._stage1_losses(zeros, torch.zeros(1, 16, 16, 5, 4), torch.full((1, 16, 16, 5), 5.0), anchors, [target])
+    per_node = []
+    for node in range(2):  # each node alone: its own mean loss
+        alone = node_boxes(mask * (torch.arange(64).view(1, 1, 64) < 52 if node == 0 else
+                                   torch.arange(64).view(1, 1, 64) >= 52))
+        per_node.append(float(det._stage1_losses(zeros, torch.zeros(1, 16, 16, 5, 4), torch.full((1, 16, 16, 5), 5.0),
+                                                 anchors, [alone])["rpn_box_giou"]))
+    large, small = per_node
+    expected = (large + small) / 2 if balanced else (large * counts.max() + small * counts.min()) / counts.sum()
+    assert float(losses["rpn_box_giou"]) == pytest.approx(float(expected), rel=1e-4)

@@ -57,6 +57,16 @@ class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, node_balanced_objectness=False))
 
 
+class CoSAMTrainerSmall_nodeBalancedBoxes(CoSAMTrainerSmall):
+    """Stage 1's box and presence losses weighted per node like its objectness: a small node's one or
+    two positive locations teach the box size as much as a large node's block of them."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, node_balanced_boxes=True))
+
+
 class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
     """Inference: 96 stage-1 proposals per window instead of 48, and up to 96 of them sent to U-SAM;
     training unchanged (so it can predict with CoSAMTrainerSmall's weights)."""
@@ -79,21 +89,14 @@ class CoSAMTrainerSmall_moreStage2Proposals(CoSAMTrainerSmall):
 
 
 class CoSAMTrainerSmall_roiSampling1(CoSAMTrainerSmall):
-    """Stage 2 pools each RoI bin from one bilinear sample instead of 2 x 2, in training and inference."""
+    """Stage 2 pools each RoI bin from one bilinear sample instead of 2 x 2, in training and inference:
+    RoI align at about half the cost, meant to make room for more stage-2 proposals. Behind on Dice,
+    FROC and AP over three seeds, one of which collapsed (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
         cfg = super().cosam_config()
         return replace(cfg, detector=replace(cfg.detector, roi_sampling_ratio=1))
-
-
-class CoSAMTrainerSmall_roiSampling1_moreStage2Proposals(CoSAMTrainerSmall_roiSampling1):
-    """Inference with CoSAMTrainerSmall_roiSampling1's weights: 96 stage-1 proposals reach stage 2."""
-
-    @classmethod
-    def cosam_config(cls):
-        cfg = super().cosam_config()
-        return replace(cfg, detector=replace(cfg.detector, test_proposals=96))
 
 
 class CoSAMTrainerSmall_objectnessRanking(CoSAMTrainerSmall):

@@ -22,6 +22,7 @@ class DetectorConfig:
     match_margin: float = 2.0            # px on each side: a 1 px miss of a 4 px node keeps IoU 0.62, not 0.39
     true_tube_copies: int = 1            # jittered copies of each true tube added to the proposals in training
     node_balanced_objectness: bool = True  # each node's stage-1 positives weigh the same in total
+    node_balanced_boxes: bool = False    # ... in stage 1's box and presence losses too
     feature_cache_mib: int = 256         # CPU inference: backbone features of recent slices (0: off)
 
     def __post_init__(self):

@@ -123,15 +123,18 @@ class Proposals:
     scores: torch.Tensor
 
 
-def _box_losses(pred_boxes, pred_deltas, target_boxes, reference, weight_mask):
-    """Smooth L1 on deltas + GIoU on boxes, over the entries where weight_mask is True."""
+def _box_losses(pred_boxes, pred_deltas, target_boxes, reference, weight_mask, weights=None):
+    """Smooth L1 on deltas + GIoU on boxes, over the entries (P, L) where weight_mask is True: their
+    mean, or with `weights` (P,) the mean weighted by each proposal's weight."""
     if not weight_mask.any():
         zero = pred_deltas.sum() * 0.0
         return zero, zero
+    w = (torch.ones(weight_mask.shape, device=weight_mask.device) if weights is None
+         else weights.unsqueeze(1).expand(weight_mask.shape))[weight_mask]
     target_deltas = encode_boxes(reference[weight_mask], target_boxes[weight_mask])
-    l1 = F.smooth_l1_loss(pred_deltas[weight_mask], target_deltas, beta=1 / 9)
-    giou = generalized_box_iou_loss(pred_boxes[weight_mask], target_boxes[weight_mask], reduction="mean")
-    return l1, giou
+    l1 = F.smooth_l1_loss(pred_deltas[weight_mask], target_deltas, beta=1 / 9, reduction="none").mean(-1)
+    giou = generalized_box_iou_loss(pred_boxes[weight_mask], target_boxes[weight_mask], reduction="none")
+    return (l1 * w).sum() / w.sum(), (giou * w).sum() / w.sum()
 
 
 class ProposalHead(nn.Module):
@@ -245,8 +248,9 @@ class SequenceDetector(nn.Module):
         for b, target in enumerate(targets):
             assigned = self._assign_locations(anchors, target)
             pos = assigned >= 0
+            balanced = node_balanced_weights(assigned)
             obj_t.append(pos.float())
-            obj_w.append(node_balanced_weights(assigned) if self.cfg.node_balanced_objectness
+            obj_w.append(balanced if self.cfg.node_balanced_objectness
                          else torch.ones(assigned.shape, device=assigned.device))
             if not pos.any():
                 continue
@@ -255,10 +259,12 @@ class SequenceDetector(nn.Module):
             t_present = target.present.to(anchors.device)[nodes]  # (P, L)
             ref = anchors[pos].unsqueeze(1).expand_as(t_boxes)
             pred = decode_boxes(ref, deltas[b][pos])
-            l1, giou = _box_losses(pred, deltas[b][pos], t_boxes, ref, t_present)
+            w = balanced[pos] if self.cfg.node_balanced_boxes else torch.ones(len(nodes), device=anchors.device)
+            l1, giou = _box_losses(pred, deltas[b][pos], t_boxes, ref, t_present, w)
             box_l1.append(l1)
             box_giou.append(giou)
-            pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
+            pres.append((F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float(), reduction="none")
+                         .mean(1) * w).sum() / w.sum())
         obj_t = torch.stack(obj_t)
         num_pos = max(1.0, float(obj_t.sum()))
         zero = objectness.sum() * 0.0
