@@ -242,11 +242,12 @@ def report(model, cases, step=4, name="CoSAM", small_mm=5.0):
     if never:
         keep = model.cfg.detector.test_proposals
         ranks = [r["stage1_rank"] for r in never if r["stage1_rank"] is not None]
-        print("  never proposed, the best-ranked stage-1 candidate at union IoU >= 0.3 (after NMS):")
-        print(f"    ranked {keep + 1}-{2 * keep:<34} {sum(keep < k <= 2 * keep for k in ranks):4d}")
-        print(f"    ranked beyond {2 * keep:<33} {sum(k > 2 * keep for k in ranks):4d}")
-        print(f"    removed by the pre-NMS top-k or NMS          {sum(r['any_candidate'] for r in never) - len(ranks):4d}")
-        print(f"    no anchor's box reaches IoU 0.3             {sum(not r['any_candidate'] for r in never):4d}")
+        print("  never proposed: the best-ranked stage-1 candidate at union IoU >= 0.3 (after NMS) was")
+        for label, count in ((f"ranked {keep + 1}-{2 * keep}", sum(keep < k <= 2 * keep for k in ranks)),
+                             (f"ranked beyond {2 * keep}", sum(k > 2 * keep for k in ranks)),
+                             ("removed by the pre-NMS top-k or NMS", sum(r["any_candidate"] for r in never) - len(ranks)),
+                             ("none: no anchor's box reaches IoU 0.3", sum(not r["any_candidate"] for r in never))):
+            print(f"    {label:<40} {count:4d}")
     if small:
         print(f"  U-SAM Dice with the true box, centre slice: mean {np.mean([r['usam_true_box_dice'] for r in small]):.3f}")
 

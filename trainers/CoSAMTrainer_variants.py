@@ -59,7 +59,8 @@ class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
 
 class CoSAMTrainerSmall_nodeBalancedBoxes(CoSAMTrainerSmall):
     """Stage 1's box and presence losses weighted per node like its objectness: a small node's one or
-    two positive locations teach the box size as much as a large node's block of them."""
+    two positive locations teach the box size as much as a large node's block of them. Level with
+    CoSAMTrainerSmall on every measure over three seeds (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
