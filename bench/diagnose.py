@@ -18,7 +18,6 @@ union IoU >= 0.3, or that no candidate of the window has one (every anchor decod
 """
 import argparse
 import os
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -27,7 +26,6 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from torchvision.ops import box_iou
 
-from cosam_nn.modeling.backbone import run_per_slice
 from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
@@ -98,18 +96,10 @@ def short_axes(label, spacing):
 def stage1_pools(detector, window):
     """Stage 1's candidates of one window, each best first in the inference ranking: (screened: after
     NMS, before the cut to test_proposals; every: each anchor's decoded box, no NMS)."""
-    h, w = window.shape[-2:]
-    feats = run_per_slice(detector.backbone, window)
-    objectness, deltas, presence = detector.proposal_head(feats)
-    anchors = detector._anchors(feats.shape[-2], feats.shape[-1], (h, w), window.device)
-    rank = detector._dense_ranking(objectness, feats) if detector.cfg.dense_ranking else objectness
-    cfg, everything = detector.cfg, objectness[0].numel()
-    try:
-        screened = detector._screen(rank, deltas, presence, anchors, (h, w), everything)[0]
-        detector.cfg = replace(cfg, pre_nms_top_k=everything, proposal_nms_iou=1.0)
-        every = detector._screen(rank, deltas, presence, anchors, (h, w), everything)[0]
-    finally:
-        detector.cfg = cfg
+    _, objectness, deltas, presence, anchors, rank = detector._stage1(window)
+    hw, everything = window.shape[-2:], objectness[0].numel()
+    screened = detector._screen(rank, deltas, presence, anchors, hw, everything)[0]
+    every = detector._screen(rank, deltas, presence, anchors, hw, everything, pre_nms_top_k=everything, nms_iou=1.0)[0]
     return screened, every
 
 

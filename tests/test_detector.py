@@ -201,22 +201,19 @@ def test_node_balanced_boxes_let_a_small_node_teach_as_much_as_a_large_one(balan
     mean box loss is close to the large node's; weighted per node, it lies halfway to the small node's."""
     cfg = replace(CoSAMConfig.small(window=5).detector, node_balanced_boxes=balanced)
     det = SequenceDetector(cfg)
-    mask = torch.zeros(5, 64, 64)
-    mask[:, 8:48, 8:48] = 1
-    mask[:, 56:60, 56:60] = 1
+    large, small = torch.zeros(5, 64, 64), torch.zeros(5, 64, 64)
+    large[:, 8:48, 8:48] = 1
+    small[:, 56:60, 56:60] = 1
     anchors = det._anchors(16, 16, (64, 64), "cpu")
-    target = node_boxes(mask)
-    assigned = det._assign_locations(anchors, target)
+
+    def giou_loss(mask):  # every delta 0: each box is its anchor
+        return float(det._stage1_losses(torch.zeros(1, 16, 16), torch.zeros(1, 16, 16, 5, 4),
+                                        torch.full((1, 16, 16, 5), 5.0), anchors, [node_boxes(mask)])["rpn_box_giou"])
+
+    assigned = det._assign_locations(anchors, node_boxes(large + small))
     counts = torch.bincount(assigned[assigned >= 0])
     assert counts.max() >= 4 * counts.min()  # the large node has many more locations
-    zeros = torch.zeros(1, 16, 16)
-    losses = det._stage1_losses(zeros, torch.zeros(1, 16, 16, 5, 4), torch.full((1, 16, 16, 5), 5.0), anchors, [target])
-    per_node = []
-    for node in range(2):  # each node alone: its own mean loss
-        alone = node_boxes(mask * (torch.arange(64).view(1, 1, 64) < 52 if node == 0 else
-                                   torch.arange(64).view(1, 1, 64) >= 52))
-        per_node.append(float(det._stage1_losses(zeros, torch.zeros(1, 16, 16, 5, 4), torch.full((1, 16, 16, 5), 5.0),
-                                                 anchors, [alone])["rpn_box_giou"]))
-    large, small = per_node
-    expected = (large + small) / 2 if balanced else (large * counts.max() + small * counts.min()) / counts.sum()
-    assert float(losses["rpn_box_giou"]) == pytest.approx(float(expected), rel=1e-4)
+    large_loss, small_loss = giou_loss(large), giou_loss(small)  # each node alone: its own mean loss
+    expected = ((large_loss + small_loss) / 2 if balanced
+                else (large_loss * counts.max() + small_loss * counts.min()) / counts.sum())
+    assert giou_loss(large + small) == pytest.approx(float(expected), rel=1e-4)

@@ -283,14 +283,26 @@ class SequenceDetector(nn.Module):
         dense = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w).amax(1)
         return torch.logit(torch.sqrt(objectness.sigmoid() * dense.sigmoid()), eps=1e-6)
 
+    def _stage1(self, window, targets=None):
+        """Backbone features (B, L, C, h, w), stage 1's maps, the anchors, and the scores by which
+        its proposals are ranked (the objectness, or at inference with dense_ranking, `_dense_ranking`)."""
+        feats = run_per_slice(self.backbone, window, self._cache_for(window, targets))
+        objectness, deltas, presence = self.proposal_head(feats)
+        anchors = self._anchors(feats.shape[-2], feats.shape[-1], window.shape[-2:], window.device)
+        rank = self._dense_ranking(objectness, feats) if targets is None and self.cfg.dense_ranking else objectness
+        return feats, objectness, deltas, presence, anchors, rank
+
     @torch.no_grad()
-    def _screen(self, objectness, deltas, presence, anchors, image_hw, keep):
-        """Top proposals per window after score ranking and NMS on union boxes."""
+    def _screen(self, objectness, deltas, presence, anchors, image_hw, keep, pre_nms_top_k=None, nms_iou=None):
+        """Top proposals per window after score ranking and NMS on union boxes (top-k and IoU: the
+        config's unless given)."""
         out = []
         h_img, w_img = image_hw
+        pre_nms_top_k = self.cfg.pre_nms_top_k if pre_nms_top_k is None else pre_nms_top_k
+        nms_iou = self.cfg.proposal_nms_iou if nms_iou is None else nms_iou
         for b in range(objectness.shape[0]):
             scores = objectness[b].sigmoid().flatten()
-            k = min(self.cfg.pre_nms_top_k, scores.numel())
+            k = min(pre_nms_top_k, scores.numel())
             top = scores.topk(k).indices
             ref = anchors.reshape(-1, 4)[top].unsqueeze(1).expand(-1, self.cfg.window, -1)
             boxes = decode_boxes(ref, deltas[b].reshape(-1, self.cfg.window, 4)[top])
@@ -301,7 +313,7 @@ class SequenceDetector(nn.Module):
             union = union_boxes(boxes, present)
             valid = ((union[:, 2] - union[:, 0]) > 0.5) & ((union[:, 3] - union[:, 1]) > 0.5)
             idx = torch.nonzero(valid).squeeze(1)
-            idx = idx[nms(union[idx], scores[top][idx], self.cfg.proposal_nms_iou)[:keep]]
+            idx = idx[nms(union[idx], scores[top][idx], nms_iou)[:keep]]
             out.append(Proposals(boxes[idx], present[idx], scores[top][idx]))
         return out
 
@@ -386,11 +398,8 @@ class SequenceDetector(nn.Module):
         b, _, length, h, w = window.shape
         if length != self.cfg.window:
             raise ValueError(f"window of {length} slices given to a detector built for {self.cfg.window}")
-        feats = run_per_slice(self.backbone, window, self._cache_for(window, targets))
-        objectness, deltas, presence = self.proposal_head(feats)
-        anchors = self._anchors(feats.shape[-2], feats.shape[-1], (h, w), window.device)
+        feats, objectness, deltas, presence, anchors, rank = self._stage1(window, targets)
         keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
-        rank = self._dense_ranking(objectness, feats) if targets is None and self.cfg.dense_ranking else objectness
         proposals = self._screen(rank, deltas, presence, anchors, (h, w), keep)
         losses = {}
         if targets is not None:
