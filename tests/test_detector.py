@@ -65,10 +65,11 @@ def _recall(det, x, targets, iou=0.5):
     return hit / total
 
 
-def test_detector_learns_to_find_blobs():
+@pytest.mark.parametrize("anchor_sizes", [(8,), (4, 8, 16)])
+def test_detector_learns_to_find_blobs(anchor_sizes):
     """Bounded training on a few windows recovers the per-slice boxes of their blobs."""
     torch.manual_seed(0)
-    det = SequenceDetector(CoSAMConfig.small(window=5).detector)
+    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, anchor_sizes=anchor_sizes))
     x, masks = blob_windows(8, length=5, size=48, seed=1)
     targets = [node_boxes(m) for m in masks]
     before = _recall(det, x, targets)
@@ -91,12 +92,12 @@ def test_dense_targets_mark_the_cells_each_slices_box_overlaps():
     mask = torch.zeros(5, 32, 32, dtype=torch.bool)
     mask[1:3, 8:16, 8:16] = True  # box (8, 8, 16, 16) on slices 1 and 2: cells 2 and 3, not their neighbours
     mask[4, 3:6, 3:6] = True  # a 3 px node between two cell centres (2 and 6): still cells 0 and 1
-    target = dense_targets(anchors, node_boxes(mask))
+    target = dense_targets(anchors, node_boxes(mask), det.cfg.stride)
     expected = torch.zeros(5, 8, 8)
     expected[1:3, 2:4, 2:4] = 1
     expected[4, 0:2, 0:2] = 1
     assert torch.equal(target, expected)
-    assert torch.equal(dense_targets(anchors, node_boxes(torch.zeros(5, 32, 32))), torch.zeros(5, 8, 8))
+    assert torch.equal(dense_targets(anchors, node_boxes(torch.zeros(5, 32, 32)), 4), torch.zeros(5, 8, 8))
 
 
 def test_match_iou_forgives_a_pixels_miss_of_a_tiny_node_but_not_a_large_one():
@@ -155,8 +156,8 @@ class _FixedMaps(torch.nn.Module):
         if self.window is None:  # dense head: (B * L, C, h, w) -> (B * L, 1, h, w)
             return self.logits.expand(feats.shape[0], 1, -1, -1)
         b, h, w = feats.shape[0], *self.logits.shape
-        return (self.logits.expand(b, h, w), torch.zeros(b, h, w, self.window, 4),
-                torch.full((b, h, w, self.window), 5.0))
+        return (self.logits.expand(b, h, w)[..., None], torch.zeros(b, h, w, 1, self.window, 4),
+                torch.full((b, h, w, 1, self.window), 5.0))
 
 
 @pytest.mark.parametrize("dense_ranking", [False, True])
@@ -207,8 +208,8 @@ def test_node_balanced_boxes_let_a_small_node_teach_as_much_as_a_large_one(balan
     anchors = det._anchors(16, 16, (64, 64), "cpu")
 
     def giou_loss(mask):  # every delta 0: each box is its anchor
-        return float(det._stage1_losses(torch.zeros(1, 16, 16), torch.zeros(1, 16, 16, 5, 4),
-                                        torch.full((1, 16, 16, 5), 5.0), anchors, [node_boxes(mask)])["rpn_box_giou"])
+        return float(det._stage1_losses(torch.zeros(1, 16, 16, 1), torch.zeros(1, 16, 16, 1, 5, 4),
+                                        torch.full((1, 16, 16, 1, 5), 5.0), anchors, [node_boxes(mask)])["rpn_box_giou"])
 
     assigned = det._assign_locations(anchors, node_boxes(large + small))
     counts = torch.bincount(assigned[assigned >= 0])
@@ -217,3 +218,44 @@ def test_node_balanced_boxes_let_a_small_node_teach_as_much_as_a_large_one(balan
     expected = ((large_loss + small_loss) / 2 if balanced
                 else (large_loss * counts.max() + small_loss * counts.min()) / counts.sum())
     assert giou_loss(large + small) == pytest.approx(float(expected), rel=1e-4)
+
+
+def _square_nodes(*squares, size=64, length=5):
+    """A (L, size, size) mask of square nodes (y, x, side) on every slice."""
+    mask = torch.zeros(length, size, size)
+    for y, x, side in squares:
+        mask[:, y:y + side, x:x + side] = 1
+    return mask
+
+
+def test_each_node_trains_the_anchor_size_nearest_its_own():
+    """Anchors of 4, 8 and 16 px: a 3 px node's locations train the 4 px anchors, a 7 px node's the
+    8 px and a 14 px node's the 16 px; the other anchors at those locations stay background."""
+    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, anchor_sizes=(4, 8, 16)))
+    anchors = det._anchors(16, 16, (64, 64), "cpu")
+    assert anchors.shape == (16, 16, 3, 4)
+    assigned = det._assign_locations(anchors, node_boxes(_square_nodes((4, 4, 3), (4, 40, 7), (40, 24, 14))))
+    for node, level in ((0, 0), (1, 1), (2, 2)):
+        where = torch.nonzero(assigned == node)
+        assert len(where) and (where[:, 2] == level).all(), (node, where)
+    one = SequenceDetector(CoSAMConfig.small(window=5).detector)
+    assigned = one._assign_locations(one._anchors(16, 16, (64, 64), "cpu"), node_boxes(_square_nodes((4, 4, 3))))
+    assert assigned.shape == (16, 16, 1) and (assigned == 0).any()
+
+
+@pytest.mark.parametrize("anchor_sizes, reaches", [((8,), False), ((4, 8, 16), True)])
+def test_a_small_anchor_gives_a_tiny_node_a_candidate_before_any_box_is_learned(anchor_sizes, reaches):
+    """Before the box deltas learn anything (all 0), a 3 px node's best candidate among every
+    anchor of the window is an 8 px box (IoU 0.14) with one anchor size, a 4 px box (IoU >= 0.5) with
+    a 4 px anchor too."""
+    cfg = replace(CoSAMConfig.small(window=5).detector, anchor_sizes=anchor_sizes)
+    det = SequenceDetector(cfg).eval()
+    a = len(anchor_sizes)
+    target = node_boxes(_square_nodes((13, 21, 3), size=32))
+    with torch.no_grad():
+        every = det._screen(torch.zeros(1, 8, 8, a), torch.zeros(1, 8, 8, a, 5, 4), torch.full((1, 8, 8, a, 5), 5.0),
+                            det._anchors(8, 8, (32, 32), "cpu"), (32, 32), 8 * 8 * a, pre_nms_top_k=8 * 8 * a,
+                            nms_iou=1.0)[0]
+    assert len(every.scores) == 8 * 8 * a
+    best = float(box_iou(every.boxes[:, 2], target.boxes[:, 2]).max())
+    assert (best >= 0.5) == reaches and (best >= 0.3) == reaches, best

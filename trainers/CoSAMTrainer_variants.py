@@ -68,6 +68,17 @@ class CoSAMTrainerSmall_nodeBalancedBoxes(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, node_balanced_boxes=True))
 
 
+class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
+    """Stage 1 with anchors of 4, 8 and 16 px at each location instead of one of 8 px; each node trains
+    the anchors of the size nearest its own. Stage 1's boxes barely leave their anchor's size in a
+    short training, so a 3 px node's best candidate was an 8 px box that stage 2 learns to reject."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, anchor_sizes=(4, 8, 16)))
+
+
 class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
     """Inference: 96 stage-1 proposals per window instead of 48, and up to 96 of them sent to U-SAM;
     training unchanged (so it can predict with CoSAMTrainerSmall's weights)."""

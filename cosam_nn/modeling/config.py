@@ -13,6 +13,7 @@ class DetectorConfig:
     encoder_layers: int = 2
     decoder_layers: int = 2
     heads: int = 8
+    anchor_sizes: tuple = (8,)           # px, square anchors at each stride-4 location (one set of outputs each)
     pre_nms_top_k: int = 2000
     train_proposals: int = 256
     test_proposals: int = 100

@@ -1,9 +1,9 @@
 """The 2.5D sequence-based detector (paper section 4.2).
 
 Stage 1, dense sequence proposals: at every location of the stride-4 feature grid, the features
-of all L slices at that location (a columnar region) predict an objectness score and, for each
-slice, a box and whether the candidate is present on that slice: one proposal follows one
-candidate frame by frame. Screened by score and NMS on the proposals' union boxes.
+of all L slices at that location (a columnar region) predict, for each anchor size, an objectness
+score and, for each slice, a box and whether the candidate is present on that slice: one proposal
+follows one candidate frame by frame. Screened by score and NMS on the proposals' union boxes.
 
 Stage 2: each proposal's box on each slice is RoI-pooled from that slice's features
 (`torchvision.ops.roi_align`, eq. 1), the L pooled features become L tokens, the sequence
@@ -11,8 +11,9 @@ features (eq. 2), a transformer encoder relates them (eq. 3), and a decoder with
 (eq. 4), one per slice and one class query, refines the box and presence per slice and scores the
 proposal. The class token is the proposal's sequence feature handed to the CCM.
 
-Matching: stage 1 assigns a grid location to the smallest node whose union box (over the window)
-has its centre region around that location (within max(stride, 0.3 x size) of the centre);
+Matching: stage 1 assigns a grid location's anchor to the smallest node whose union box (over the
+window) has its centre region around that location (within max(stride, 0.3 x size) of the centre)
+and whose size is nearest that anchor's among `anchor_sizes` (log scale);
 stage 2 assigns a proposal to the node of highest `match_iou` (IoU of the union boxes, each grown
 by match_margin pixels, so that a pixel's miss of a tiny node is still a match) if that is >=
 positive_iou, and the true tubes and jittered copies of them are added to the proposals in training. Losses: sigmoid focal loss for the dense
@@ -58,7 +59,7 @@ def decode_boxes(reference, deltas):
 
 
 def anchor_centres(anchors):
-    """(cx, cy), each (h, w), of the grid cells' anchors (h, w, 4)."""
+    """(cx, cy), each (...), of anchors (..., 4)."""
     return (anchors[..., 0] + anchors[..., 2]) / 2, (anchors[..., 1] + anchors[..., 3]) / 2
 
 
@@ -73,12 +74,12 @@ def match_iou(boxes, targets, margin):
     return box_iou(boxes + grow, targets.to(boxes.device) + grow)
 
 
-def dense_targets(anchors, target):
-    """(L, h, w) float: 1 where a grid cell (stride x stride, centred on its anchor) overlaps a node's
-    box on that slice. (Cells whose centre lies inside would leave a 3 px node between two centres
-    without any positive cell.)"""
-    cx, cy = anchor_centres(anchors)
-    half = (anchors[0, 0, 2] - anchors[0, 0, 0]) / 4  # anchors are 2 x stride wide; a cell is 1 stride
+def dense_targets(anchors, target, stride):
+    """(L, h, w) float: 1 where a grid cell (stride x stride, centred on its anchors (h, w, A, 4))
+    overlaps a node's box on that slice. (Cells whose centre lies inside would leave a 3 px node
+    between two centres without any positive cell.)"""
+    cx, cy = anchor_centres(anchors[:, :, 0])
+    half = stride / 2
     boxes = target.boxes.to(anchors.device).transpose(0, 1)[:, None, None]  # (L, 1, 1, N, 4)
     cx, cy = cx[None, ..., None], cy[None, ..., None]
     inside = ((cx + half > boxes[..., 0]) & (cx - half < boxes[..., 2])
@@ -138,20 +139,23 @@ def _box_losses(pred_boxes, pred_deltas, target_boxes, reference, weight_mask, w
 
 
 class ProposalHead(nn.Module):
-    """Columnar features (B, L*C, h, w) -> objectness (B, h, w), deltas (B, h, w, L, 4), presence (B, h, w, L)."""
+    """Columnar features (B, L, C, h, w) -> for A anchors per location: objectness (B, h, w, A),
+    deltas (B, h, w, A, L, 4), presence (B, h, w, A, L)."""
 
-    def __init__(self, window, channels):
+    def __init__(self, window, channels, anchors=1):
         super().__init__()
-        self.window = window
+        self.window, self.anchors = window, anchors
         self.body = nn.Sequential(nn.Conv2d(window * channels, 2 * channels, 3, padding=1),
                                   nn.GroupNorm(8, 2 * channels), nn.ReLU(inplace=True))
-        self.out = nn.Conv2d(2 * channels, 1 + 5 * window, 1)
-        nn.init.constant_(self.out.bias[:1], PRIOR_LOGIT)
+        self.out = nn.Conv2d(2 * channels, anchors * (1 + 5 * window), 1)
+        nn.init.constant_(self.out.bias[:anchors], PRIOR_LOGIT)
 
     def forward(self, feats):
         b, length, c, h, w = feats.shape
+        a = self.anchors
         x = self.out(self.body(feats.reshape(b, length * c, h, w))).permute(0, 2, 3, 1)
-        return x[..., 0], x[..., 1:1 + 4 * length].reshape(b, h, w, length, 4), x[..., 1 + 4 * length:]
+        return (x[..., :a], x[..., a:a + 4 * length * a].reshape(b, h, w, a, length, 4),
+                x[..., a + 4 * length * a:].reshape(b, h, w, a, length))
 
 
 class SequenceDetector(nn.Module):
@@ -170,7 +174,7 @@ class SequenceDetector(nn.Module):
         self.cfg = cfg
         length, c, d = cfg.window, cfg.feature_dim, cfg.token_dim
         self.backbone = SliceBackbone(cfg.channels, c)
-        self.proposal_head = ProposalHead(length, c)
+        self.proposal_head = ProposalHead(length, c, len(cfg.anchor_sizes))
         self.dense_head = nn.Conv2d(c, 1, 1)  # auxiliary: is this cell inside a node's box on its slice?
         nn.init.constant_(self.dense_head.bias, PRIOR_LOGIT)
         self.roi_embed = nn.Sequential(nn.Flatten(1), nn.Linear(c * cfg.roi_size ** 2, d), nn.ReLU(inplace=True))
@@ -214,21 +218,29 @@ class SequenceDetector(nn.Module):
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * sy
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * sx
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-        half = self.cfg.stride  # anchors of 2 x stride
-        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # (h, w, 4)
+        half = torch.tensor(self.cfg.anchor_sizes, device=device, dtype=torch.float32) / 2
+        cx, cy = cx[..., None], cy[..., None]
+        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # (h, w, A, 4)
+
+    def _anchor_level(self, sizes):
+        """Index of the anchor size nearest each node size (N,), on a log scale."""
+        anchor = torch.tensor(self.cfg.anchor_sizes, device=sizes.device, dtype=torch.float32)
+        return (sizes.clamp(min=1.0).log()[:, None] - anchor.log()).abs().argmin(1)
 
     def _assign_locations(self, anchors, target):
-        """Index of the node assigned to each location (h, w), -1 for background."""
-        h, w, _ = anchors.shape
+        """Index of the node assigned to each location's anchor (h, w, A), -1 for background."""
+        h, w, a, _ = anchors.shape
         if len(target) == 0:
-            return torch.full((h, w), -1, dtype=torch.long, device=anchors.device)
+            return torch.full((h, w, a), -1, dtype=torch.long, device=anchors.device)
         union = union_boxes(target.boxes, target.present).to(anchors.device)
-        cx, cy = anchor_centres(anchors)
+        cx, cy = anchor_centres(anchors[:, :, :1])  # (h, w, 1)
         ux, uy = (union[:, 0] + union[:, 2]) / 2, (union[:, 1] + union[:, 3]) / 2
         uw, uh = union[:, 2] - union[:, 0], union[:, 3] - union[:, 1]
         rx = torch.clamp(0.3 * uw, min=self.cfg.stride)
         ry = torch.clamp(0.3 * uh, min=self.cfg.stride)
-        inside = ((cx[..., None] - ux).abs() <= rx) & ((cy[..., None] - uy).abs() <= ry)  # (h, w, N)
+        level = self._anchor_level((uw * uh).sqrt())
+        inside = (((cx[..., None] - ux).abs() <= rx) & ((cy[..., None] - uy).abs() <= ry)
+                  & (level == torch.arange(a, device=anchors.device)[:, None]))  # (h, w, A, N)
         area = torch.where(inside, (uw * uh).expand_as(inside), torch.full_like(inside, float("inf"), dtype=torch.float32))
         best = area.argmin(-1)
         return torch.where(inside.any(-1), best, torch.full_like(best, -1))
@@ -240,7 +252,7 @@ class SequenceDetector(nn.Module):
         small detector often found nothing after 320 CPU iterations."""
         b, length, _, h, w = feats.shape
         logits = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w)
-        target = torch.stack([dense_targets(anchors, t) for t in targets])
+        target = torch.stack([dense_targets(anchors, t, self.cfg.stride) for t in targets])
         return sigmoid_focal_loss(logits, target, reduction="sum") / max(1.0, float(target.sum()))
 
     def _stage1_losses(self, objectness, deltas, presence, anchors, targets):
@@ -280,7 +292,7 @@ class SequenceDetector(nn.Module):
         box overlaps, the objectness from a few cells per node; after a short training the objectness
         of all proposals lies within 0.09-0.2, a weak ranking on its own."""
         b, length, _, h, w = feats.shape
-        dense = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w).amax(1)
+        dense = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w).amax(1).unsqueeze(-1)
         return torch.logit(torch.sqrt(objectness.sigmoid() * dense.sigmoid()), eps=1e-6)
 
     def _stage1(self, window, targets=None):
