@@ -8,7 +8,8 @@ Windows of L slices (step --step) over the preprocessed validation cases of that
 --test, over raw test cases preprocessed as nnU-Net's prediction does); for every
 node cross-cut by a window (present on its centre slice), prints the share found at each stage:
 stage-1 proposals, stage-2 boxes, detector score above thresholds, CCM probability, the final
-score, and U-SAM's Dice when prompted with the true box; and the false boxes per window. Then,
+score, and U-SAM's Dice when prompted with the true box; and the false boxes per window; and, by
+node size, the size and IoU of stage 1's best-fitting box among all its anchors. Then,
 for the cross-cuts of nodes under --small-mm short axis (measured on the whole node), the stage at
 which each is lost: never proposed (stage 1), rejected at stage 2, scored below the threshold
 (detector x CCM), dropped by NMS or the box limit, or kept.
@@ -103,6 +104,16 @@ def stage1_pools(detector, window):
     return screened, every
 
 
+def best_fit(proposals, target_union):
+    """(IoU, long side in px) of the proposal whose union box best overlaps the node's, or (0, 0)."""
+    if not len(proposals.scores):
+        return 0.0, 0.0
+    union = union_boxes(proposals.boxes, proposals.present)
+    iou = box_iou(union, target_union)[:, 0]
+    best = int(iou.argmax())
+    return float(iou[best]), float((union[best, 2:] - union[best, :2]).max())
+
+
 def first_rank(proposals, target_union, min_iou=0.3):
     """1-based rank of the first proposal whose union box reaches min_iou with the node's, or None."""
     if not len(proposals.scores):
@@ -147,6 +158,8 @@ def window_stats(model, window, labels, case_instances=None):
         row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
         row["stage1_rank"] = first_rank(pools[0], t_union[n:n + 1])
         row["any_candidate"] = first_rank(pools[1], t_union[n:n + 1]) is not None
+        row["node_px"] = float((t_union[n, 2:] - t_union[n, :2]).max())
+        row["fit_iou"], row["fit_px"] = best_fit(pools[1], t_union[n:n + 1])
         match = (iou2[:, n] >= 0.3) & valid
         matched_any |= match
         row["stage2_iou"] = float(iou2[:, n][valid].max()) if valid.any() else 0.0
@@ -220,6 +233,7 @@ def report(model, cases, step=4, name="CoSAM", small_mm=5.0):
     print(f"kept (final score >= threshold): found {share(lambda r: r['final_score'] > 0):.2f}; "
           f"other kept boxes per window {false_final / max(1, windows):.2f}")
     print(f"U-SAM Dice with the true box, centre slice: mean {share(lambda r: r['usam_true_box_dice']):.3f}")
+    print_box_fit(rows)
     small = [r for r in rows if r["short_axis_mm"] < small_mm]
     threshold = float(model.score_threshold)
     print(f"\nnodes under {small_mm:g} mm short axis: {len(small)} cross-cuts; where each is lost "
@@ -240,6 +254,19 @@ def report(model, cases, step=4, name="CoSAM", small_mm=5.0):
             print(f"    {label:<40} {count:4d}")
     if small:
         print(f"  U-SAM Dice with the true box, centre slice: mean {np.mean([r['usam_true_box_dice'] for r in small]):.3f}")
+
+
+def print_box_fit(rows, edges=(0, 4, 6, 8, 12, 16, float("inf"))):
+    """By the node's size (long side of its union box over the window): stage 1's best-fitting box among
+    every anchor of the window, its size and IoU. Stage 1's boxes that never leave their anchors'
+    size show here as a flat column of box sizes."""
+    print("stage 1's best-fitting box (every anchor of the window) by node size:")
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        group = [r for r in rows if lo <= r["node_px"] < hi]
+        if group:
+            size = f"{lo:g}-{hi:g}" if hi < float("inf") else f">= {lo:g}"
+            print(f"  node {size:>5} px: {len(group):4d} cross-cuts, box {np.mean([r['fit_px'] for r in group]):5.1f} px, "
+                  f"union IoU {np.mean([r['fit_iou'] for r in group]):.2f}")
 
 
 def main():

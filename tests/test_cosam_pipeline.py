@@ -37,6 +37,9 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
     fold = os.path.join(out, "fold_0")
     log = _log(fold)
     assert "phase: pretrain" in log and "phase: joint" not in log and "Epoch 1" not in log
+    # each loss part's epoch mean is logged, the pretrain phase's parts (no CCM gradient, but its loss)
+    parts = dict(re.findall(r"(\w+) (\d+\.\d+)", log.split("train loss parts: ")[1].splitlines()[0]))
+    assert {"rpn_objectness", "rpn_box_giou", "rpn_dense", "det_class", "usam_mask", "ccm"} <= set(parts)
     # the batch of windows holds about the voxels of the plans' batch of 3D patches
     plans = json.load(open(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset512_Meply", "nnUNetPlans.json")))
     planned = plans["configurations"]["3d_fullres"]

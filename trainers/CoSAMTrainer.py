@@ -24,6 +24,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
@@ -32,13 +33,14 @@ from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
 from cosam_nn.modeling.training_step import phase_for_epoch, pretrain_epochs
-from cosam_nn.node_sampling import node_balanced
+from cosam_nn.node_sampling import node_balanced, windows_inside
 from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
 
 SAM_CHECKPOINT_VARIABLE = "COSAM_SAM_CHECKPOINT"
 
 
 GRADIENT_CLIP_NORM = 12  # nnU-Net's own
+LOSS_PART = "loss_part_"  # train_step's outputs: each loss part's value, logged per epoch
 
 
 class PolyLR:
@@ -101,6 +103,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     learning_rates = {"detector": 2e-4, "usam_encoder": 1e-4, "usam_decoder": 1e-3, "ccm": 1e-3}
     calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
     node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
+    windows_inside_image = False         # foreground windows moved to lie inside the image (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
 
@@ -168,6 +171,8 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         if fresh:
             if self.node_balanced_sampling:
                 self.dataset_class = node_balanced(self.dataset_class)
+            if self.windows_inside_image:
+                self.dataset_class = windows_inside(self.dataset_class, self.configuration_manager.patch_size)
             self._maybe_load_sam()
 
     @classmethod
@@ -316,7 +321,17 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRADIENT_CLIP_NORM)
             self.optimizer.step()
         self._iteration += 1
-        return {"loss": loss.detach().cpu().numpy()}
+        parts = {f"{LOSS_PART}{k}": float(v) for k, v in losses.items() if k != "loss"}
+        return {"loss": loss.detach().cpu().numpy(), **parts}
+
+    def on_train_epoch_end(self, train_outputs):
+        """nnU-Net logs the summed train loss; the log also gets each part's mean over the epoch (this
+        process's batches), so that one can see which part of CoSAM learns and which stalls."""
+        super().on_train_epoch_end(train_outputs)
+        parts = collate_outputs(train_outputs)
+        means = ", ".join(f"{k[len(LOSS_PART):]} {np.mean(v):.4f}" for k, v in parts.items() if k.startswith(LOSS_PART))
+        if means:
+            self.print_to_log_file(f"train loss parts: {means}")
 
     def validation_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)

@@ -46,6 +46,17 @@ class CoSAMTrainerSmall_plainMatch(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, match_margin=0.0, true_tube_copies=0))
 
 
+class CoSAMTrainerSmall_matchMargin4(CoSAMTrainerSmall):
+    """Proposals match nodes by the IoU of boxes grown by 4 px (one stride) instead of 2: stage 1's
+    8 px box around a 3 px node (grown IoU 0.47) becomes a positive for stage 2, the CCM and U-SAM,
+    which then learn to keep and shrink it rather than reject it."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, match_margin=4.0))
+
+
 class CoSAMTrainerSmall_sizeWeighted(CoSAMTrainerSmall):
     """Ablation: windows centred on foreground voxels drawn uniformly and stage-1 positives unweighted,
     so large nodes dominate both, as in plain nnU-Net."""
@@ -77,6 +88,12 @@ class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
     def cosam_config(cls):
         cfg = super().cosam_config()
         return replace(cfg, detector=replace(cfg.detector, anchor_sizes=(4, 8, 16)))
+
+
+class CoSAMTrainerSmall_windowsInside(CoSAMTrainerSmall):
+    """Foreground training windows moved to lie inside the image instead of centred on their voxel
+    with zero padding (nnU-Net's way), so that they show whole planes as at inference."""
+    windows_inside_image = True
 
 
 class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
