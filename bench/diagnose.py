@@ -104,14 +104,14 @@ def stage1_pools(detector, window):
     return screened, every
 
 
-def best_fit(proposals, target_union):
-    """(IoU, long side in px) of the proposal whose union box best overlaps the node's, or (0, 0)."""
+def best_fit(proposals, target_unions):
+    """For each node's union box (T, 4): (IoU, long side in px) of the proposal whose union box
+    overlaps it best, two (T,) tensors (zeros where there is no proposal)."""
     if not len(proposals.scores):
-        return 0.0, 0.0
+        return torch.zeros(len(target_unions)), torch.zeros(len(target_unions))
     union = union_boxes(proposals.boxes, proposals.present)
-    iou = box_iou(union, target_union)[:, 0]
-    best = int(iou.argmax())
-    return float(iou[best]), float((union[best, 2:] - union[best, :2]).max())
+    iou, best = box_iou(union, target_unions).max(0)
+    return iou, (union[best, 2:] - union[best, :2]).amax(1)
 
 
 def first_rank(proposals, target_union, min_iou=0.3):
@@ -150,6 +150,7 @@ def window_stats(model, window, labels, case_instances=None):
         ccm[idx] = model.ccm(mean_token_per_proposal(tokens, owner, len(idx)), det["seq_features"][0][idx]).softmax(-1)[:, 1]
     matched_any = torch.zeros_like(valid)
     pools = stage1_pools(model.detector, window) if len(nodes) else None
+    fit_iou, fit_px = best_fit(pools[1], t_union) if len(nodes) else (None, None)
     for n in nodes.tolist():
         row = {"voxels": int(boxes.voxels[n])}
         if case_instances is not None:
@@ -157,9 +158,9 @@ def window_stats(model, window, labels, case_instances=None):
         iou1 = box_iou(union_boxes(s1.boxes, s1.present), t_union[n:n + 1])[:, 0] if len(s1.scores) else torch.zeros(0)
         row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
         row["stage1_rank"] = first_rank(pools[0], t_union[n:n + 1])
-        row["any_candidate"] = first_rank(pools[1], t_union[n:n + 1]) is not None
         row["node_px"] = float((t_union[n, 2:] - t_union[n, :2]).max())
-        row["fit_iou"], row["fit_px"] = best_fit(pools[1], t_union[n:n + 1])
+        row["fit_iou"], row["fit_px"] = float(fit_iou[n]), float(fit_px[n])
+        row["any_candidate"] = row["fit_iou"] >= 0.3  # some anchor's box of the window reaches IoU 0.3
         match = (iou2[:, n] >= 0.3) & valid
         matched_any |= match
         row["stage2_iou"] = float(iou2[:, n][valid].max()) if valid.any() else 0.0
