@@ -49,7 +49,8 @@ class CoSAMTrainerSmall_plainMatch(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_matchMargin4(CoSAMTrainerSmall):
     """Proposals match nodes by the IoU of boxes grown by 4 px (one stride) instead of 2: stage 1's
     8 px box around a 3 px node (grown IoU 0.47) becomes a positive for stage 2, the CCM and U-SAM,
-    which then learn to keep and shrink it rather than reject it."""
+    which then learn to keep and shrink it rather than reject it. Over three seeds FROC and AP@0.1
+    ahead, Dice behind (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
@@ -82,7 +83,9 @@ class CoSAMTrainerSmall_nodeBalancedBoxes(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
     """Stage 1 with anchors of 4, 8 and 16 px at each location instead of one of 8 px; each node trains
     the anchors of the size nearest its own. Stage 1's boxes barely leave their anchor's size in a
-    short training, so a 3 px node's best candidate was an 8 px box that stage 2 learns to reject."""
+    short training, so a 3 px node's best candidate was an 8 px box that stage 2 learns to reject.
+    Behind on Dice, FROC and small nodes over three seeds: the 16 px anchors outrank the small ones
+    (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
@@ -92,7 +95,8 @@ class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
 
 class CoSAMTrainerSmall_windowsInside(CoSAMTrainerSmall):
     """Foreground training windows moved to lie inside the image instead of centred on their voxel
-    with zero padding (nnU-Net's way), so that they show whole planes as at inference."""
+    with zero padding (nnU-Net's way), so that they show whole planes as at inference. Level with
+    CoSAMTrainerSmall on every measure over three seeds (bench/RESULTS.md); not adopted."""
     windows_inside_image = True
 
 
