@@ -7,7 +7,8 @@ from torchvision.ops import box_iou
 from blobs import blob_windows
 from cosam_nn.modeling.config import CoSAMConfig, DetectorConfig
 from cosam_nn.modeling.sequence_detector import (SequenceDetector, decode_boxes, dense_targets, encode_boxes,
-                                                 jitter_tube, match_iou)
+                                                 jitter_tube, match_iou,
+                                                 match_quality)
 from cosam_nn.node_geometry import node_boxes
 
 
@@ -108,6 +109,21 @@ def test_match_iou_forgives_a_pixels_miss_of_a_tiny_node_but_not_a_large_one():
     assert match_iou(far, node, 2.0)[0, 0] < 0.1
     big, shifted = torch.tensor([[0.0, 0, 40, 40]]), torch.tensor([[12.0, 12, 52, 52]])
     assert abs(match_iou(shifted, big, 2.0) - box_iou(shifted, big))[0, 0] < 0.05  # 0.36 against 0.32
+
+
+def test_centre_match_takes_a_loose_box_centred_on_a_small_node_only():
+    cfg = DetectorConfig(centre_match_below=10.0)
+    node = torch.tensor([[20.0, 20, 24, 24]])  # 4 px node, stage 1's usual 10 px box around it
+    centred = torch.tensor([[17.0, 17, 27, 27]])
+    assert match_iou(centred, node, cfg.match_margin)[0, 0] < cfg.positive_iou
+    assert match_quality(centred, node, cfg)[0, 0] >= cfg.positive_iou
+    assert match_quality(centred, node, DetectorConfig())[0, 0] < cfg.positive_iou  # off by default
+    beside = centred + torch.tensor([5.0, 0, 5, 0])  # the node at the box's edge
+    huge = torch.tensor([[7.0, 7, 37, 37]])  # centred but 30 px
+    assert (match_quality(torch.cat([beside, huge]), node, cfg) < cfg.positive_iou).all()
+    large = torch.tensor([[10.0, 10, 24, 24]])  # 14 px node: the IoU rule alone
+    loose = torch.tensor([[8.0, 8, 26, 26]])
+    assert torch.equal(match_quality(loose, large, cfg), match_iou(loose, large, cfg.match_margin))
 
 
 def test_jittered_tubes_stay_near_their_node_on_every_slice():

@@ -46,6 +46,17 @@ class CoSAMTrainerSmall_plainMatch(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, match_margin=0.0, true_tube_copies=0))
 
 
+class CoSAMTrainerSmall_centreMatch(CoSAMTrainerSmall):
+    """Nodes under 10 px (long side of the union box) also match proposals centred on them and at most
+    two strides larger (`centre_match_below`): stage 1's 10 px boxes around 3-8 px nodes become
+    positives for stage 2, the CCM and U-SAM."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, centre_match_below=10.0))
+
+
 class CoSAMTrainerSmall_matchMargin4(CoSAMTrainerSmall):
     """Proposals match nodes by the IoU of boxes grown by 4 px (one stride) instead of 2: stage 1's
     8 px box around a 3 px node (grown IoU 0.47) becomes a positive for stage 2, the CCM and U-SAM,

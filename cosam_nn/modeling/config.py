@@ -21,6 +21,7 @@ class DetectorConfig:
     proposal_nms_iou: float = 0.7
     positive_iou: float = 0.4            # stage 2: proposal <-> node match, IoU of the boxes grown by match_margin
     match_margin: float = 2.0            # px on each side: a 1 px miss of a 4 px node keeps IoU 0.62, not 0.39
+    centre_match_below: float = 0.0      # px (0: off): nodes smaller than this also match boxes centred on them
     true_tube_copies: int = 1            # jittered copies of each true tube added to the proposals in training
     node_balanced_objectness: bool = True  # each node's stage-1 positives weigh the same in total
     node_balanced_boxes: bool = False    # ... in stage 1's box and presence losses too

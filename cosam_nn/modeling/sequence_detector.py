@@ -14,9 +14,9 @@ proposal. The class token is the proposal's sequence feature handed to the CCM.
 Matching: stage 1 assigns a grid location's anchor to the smallest node whose union box (over the
 window) has its centre region around that location (within max(stride, 0.3 x size) of the centre)
 and whose size is nearest that anchor's among `anchor_sizes` (log scale);
-stage 2 assigns a proposal to the node of highest `match_iou` (IoU of the union boxes, each grown
-by match_margin pixels, so that a pixel's miss of a tiny node is still a match) if that is >=
-positive_iou, and the true tubes and jittered copies of them are added to the proposals in training. Losses: sigmoid focal loss for the dense
+stage 2 assigns a proposal to the node of highest `match_quality` (IoU of the union boxes, each
+grown by match_margin pixels, so that a pixel's miss of a tiny node is still a match; optionally any
+box centred on a small node) if that is >= positive_iou, and the true tubes and jittered copies of them are added to the proposals in training. Losses: sigmoid focal loss for the dense
 objectness, BCE (calibrated, so that scores can be thresholded) for the proposal class and
 per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on the slices where the
 node is present, and an auxiliary per-slice focal loss on each slice's features (cells inside a
@@ -72,6 +72,35 @@ def match_iou(boxes, targets, margin):
     """
     grow = torch.tensor([-margin, -margin, margin, margin], dtype=boxes.dtype, device=boxes.device)
     return box_iou(boxes + grow, targets.to(boxes.device) + grow)
+
+
+def centred_on_small_node(boxes, targets, below, stride):
+    """(N, T) bool: box n is centred on target t, a node whose long side is under `below` px: the
+    centres lie within max(stride / 2, half the node's size) on each axis and the box is at most
+    two strides larger than the node.
+
+    Stage 1's boxes stay near their anchor's size (about 10 px) after a short training, so a
+    centred box around a 3-5 px node has grown IoU under 0.4 and would teach stage 2, the CCM and
+    U-SAM to reject the very proposals that find small nodes. Matched, they teach stage 2 to shrink
+    them and U-SAM to segment the node inside.
+    """
+    targets = targets.to(boxes.device)
+    size = (targets[:, 2:] - targets[:, :2]).amax(1)  # (T,)
+    box_size = (boxes[:, 2:] - boxes[:, :2]).amax(1)  # (N,)
+    offset = (((boxes[:, None, :2] + boxes[:, None, 2:]) - (targets[None, :, :2] + targets[None, :, 2:])) / 2).abs().amax(-1)
+    reach = torch.clamp(size / 2, min=stride / 2)
+    return (size < below) & (offset <= reach) & (box_size[:, None] <= size + 2 * stride)
+
+
+def match_quality(boxes, targets, cfg):
+    """(N, T) match of proposals' union boxes (N, 4) with nodes' (T, 4) by the detector config's rule:
+    `match_iou`, raised to `positive_iou` where a box is `centred_on_small_node` (if
+    `centre_match_below` > 0). A pair matches when this is >= positive_iou."""
+    quality = match_iou(boxes, targets, cfg.match_margin)
+    if cfg.centre_match_below > 0 and quality.numel():
+        centred = centred_on_small_node(boxes, targets, cfg.centre_match_below, cfg.stride)
+        quality = torch.where(centred, quality.clamp(min=cfg.positive_iou), quality)
+    return quality
 
 
 def dense_targets(anchors, target, stride):
@@ -388,7 +417,7 @@ class SequenceDetector(nn.Module):
             if len(target) == 0:
                 continue
             tb, tp = target.boxes.to(boxes.device), target.present.to(boxes.device)
-            iou = match_iou(union_boxes(boxes[b], present[b]), union_boxes(tb, tp), self.cfg.match_margin)  # (N, T)
+            iou = match_quality(union_boxes(boxes[b], present[b]), union_boxes(tb, tp), self.cfg)  # (N, T)
             best_iou, best = iou.max(1)
             pos = (best_iou >= self.cfg.positive_iou) & valid[b]
             if not pos.any():

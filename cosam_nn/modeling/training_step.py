@@ -11,8 +11,8 @@ Phases (paper 4.4: detector and U-SAM pretrained separately, then trained end to
 
 Every step runs every part (at least one box goes to U-SAM, a random background box with an
 empty target if nothing else), so that all ranks of DistributedDataParallel follow the same path.
-A proposal matches a node by the detector's rule (`match_iou` of their union boxes over the window
->= positive_iou); its target on a slice is that node's cross-section there.
+A proposal matches a node by the detector's rule (`match_quality` of their union boxes over the
+window >= positive_iou); its target on a slice is that node's cross-section there.
 """
 import torch
 from torch.nn import functional as F
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from cosam_nn.modeling.losses import mask_iou, mask_loss
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.crops import crop_slices
-from cosam_nn.modeling.sequence_detector import match_iou
+from cosam_nn.modeling.sequence_detector import match_quality
 from cosam_nn.node_geometry import NodeBoxes, expand_boxes, node_boxes_and_instances, union_boxes
 
 PHASES = ("pretrain", "joint")
@@ -67,7 +67,7 @@ def _true_prompts(window_targets_, length, cap, jitter, h, w):
     return torch.cat(index), torch.cat(boxes), torch.cat(ids)
 
 
-def _chosen_proposals(det, window_targets_, cap, positive_iou, margin, presence_threshold):
+def _chosen_proposals(det, window_targets_, cap, det_cfg, presence_threshold):
     """Per window, up to cap proposals (matched ones first), with their matched node id (0: none)."""
     chosen = []
     for b, (t, _) in enumerate(window_targets_):
@@ -75,10 +75,10 @@ def _chosen_proposals(det, window_targets_, cap, positive_iou, margin, presence_
         present = det["presence"][b].detach().sigmoid() > presence_threshold
         node = torch.zeros(len(valid), dtype=torch.long, device=valid.device)
         if len(t) and len(valid):
-            iou = match_iou(union_boxes(det["boxes"][b][valid].detach(), present[valid]),
-                            union_boxes(t.boxes, t.present), margin)
+            iou = match_quality(union_boxes(det["boxes"][b][valid].detach(), present[valid]),
+                                union_boxes(t.boxes, t.present), det_cfg)
             best_iou, best = iou.max(1)
-            node = torch.where(best_iou >= positive_iou, best + 1, node)
+            node = torch.where(best_iou >= det_cfg.positive_iou, best + 1, node)
         dev = node.device
         order = torch.cat([torch.nonzero(node > 0).squeeze(1)[torch.randperm(int((node > 0).sum()), device=dev)],
                            torch.nonzero(node == 0).squeeze(1)[torch.randperm(int((node == 0).sum()), device=dev)]])
@@ -146,8 +146,7 @@ def training_losses(model, window, labels, phase):
     prompts = []
     if phase == "pretrain":
         prompts.append(_true_prompts(targets, length, cfg.train_true_boxes, cfg.prompt_jitter, h, w))
-    chosen = _chosen_proposals(det, targets, cfg.train_proposals_per_window, cfg.detector.positive_iou,
-                               cfg.detector.match_margin, cfg.presence_threshold)
+    chosen = _chosen_proposals(det, targets, cfg.train_proposals_per_window, cfg.detector, cfg.presence_threshold)
     from_detector = _proposal_prompts(det, chosen, targets, length, cfg.presence_threshold, cfg.train_slices_per_proposal)
     if from_detector is not None:
         prompts.append(from_detector[:3])
