@@ -15,7 +15,8 @@ which each is lost: never proposed (stage 1), rejected at stage 2, scored below 
 (detector x CCM), dropped by NMS or the box limit, or kept.
 For the small cross-cuts never proposed, the stage-1 candidates before the cut to `test_proposals`
 tell why: the rank (after NMS, in the detector's inference ranking) of the best-placed candidate at
-union IoU >= 0.3, or that no candidate of the window has one (every anchor decoded, no NMS).
+union IoU >= 0.3, or that no candidate of the window has one (every anchor decoded, no NMS); and how
+many have a kept proposal centred on them, at most two strides larger (too loose for IoU 0.3).
 """
 import argparse
 import os
@@ -30,6 +31,7 @@ from torchvision.ops import box_iou
 from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
+from cosam_nn.modeling.sequence_detector import centred_on_small_node
 from cosam_nn.node_geometry import label_nodes, node_boxes_and_instances, union_boxes
 from cosam_nn.evaluation.node_measures import node_diameters
 from cosam_nn.trainer_dir import trainer_dir
@@ -157,6 +159,8 @@ def window_stats(model, window, labels, case_instances=None):
             row["case_id"] = int(case_instances[inst == n + 1].max())
         iou1 = box_iou(union_boxes(s1.boxes, s1.present), t_union[n:n + 1])[:, 0] if len(s1.scores) else torch.zeros(0)
         row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
+        row["stage1_centred"] = bool(len(s1.scores)) and bool(centred_on_small_node(
+            union_boxes(s1.boxes, s1.present), t_union[n:n + 1], float("inf"), model.cfg.detector.stride).any())
         row["stage1_rank"] = first_rank(pools[0], t_union[n:n + 1])
         row["node_px"] = float((t_union[n, 2:] - t_union[n, :2]).max())
         row["fit_iou"], row["fit_px"] = float(fit_iou[n]), float(fit_px[n])
@@ -253,6 +257,8 @@ def report(model, cases, step=4, name="CoSAM", small_mm=5.0):
                              ("removed by the pre-NMS top-k or NMS", sum(r["any_candidate"] for r in never) - len(ranks)),
                              ("none: no anchor's box reaches IoU 0.3", sum(not r["any_candidate"] for r in never))):
             print(f"    {label:<40} {count:4d}")
+        print(f"  never proposed, yet a kept stage-1 proposal is centred on the node (`centred_on_small_node`): "
+              f"{sum(r['stage1_centred'] for r in never)}")
     if small:
         print(f"  U-SAM Dice with the true box, centre slice: mean {np.mean([r['usam_true_box_dice'] for r in small]):.3f}")
 

@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 from blobs import blob_windows
 from cosam_nn.modeling.config import CoSAMConfig, DetectorConfig
@@ -124,6 +124,20 @@ def test_centre_match_takes_a_loose_box_centred_on_a_small_node_only():
     large = torch.tensor([[10.0, 10, 24, 24]])  # 14 px node: the IoU rule alone
     loose = torch.tensor([[8.0, 8, 26, 26]])
     assert torch.equal(match_quality(loose, large, cfg), match_iou(loose, large, cfg.match_margin))
+
+
+def test_anchor_size_quota_keeps_a_share_of_each_size_and_suppresses_within_a_size_only():
+    small = torch.tensor([[10.0, 10, 14, 14], [10, 10, 14, 14], [40, 40, 44, 44]])
+    large = torch.tensor([[8.0, 8, 16, 16], [30, 30, 38, 38], [50, 50, 58, 58], [60, 60, 68, 68]])
+    union = torch.cat([large, small])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1])  # every large box outranks every small one
+    level = torch.tensor([1, 1, 1, 1, 0, 0, 0])
+    idx = torch.arange(7)
+    kept = SequenceDetector._quota_per_anchor_size(union, scores, level, idx, 0.7, keep=4)
+    # two of each size, best first; the small duplicate is suppressed, the small box inside the large one is not
+    assert kept.tolist() == [0, 1, 4, 6]
+    plain = idx[nms(union, scores, 0.7)[:4]]
+    assert plain.tolist() == [0, 1, 2, 3]
 
 
 def test_jittered_tubes_stay_near_their_node_on_every_slice():

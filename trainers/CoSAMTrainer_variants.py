@@ -104,6 +104,16 @@ class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, anchor_sizes=(4, 8, 16)))
 
 
+class CoSAMTrainerSmall_twoAnchorSizes(CoSAMTrainerSmall):
+    """Anchors of 4 and 8 px, each size with an equal share of stage 1's proposals after NMS within
+    the size (`anchor_size_quota`), so that the small anchors' boxes of small nodes reach stage 2."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, anchor_sizes=(4, 8), anchor_size_quota=True))
+
+
 class CoSAMTrainerSmall_windowsInside(CoSAMTrainerSmall):
     """Foreground training windows moved to lie inside the image instead of centred on their voxel
     with zero padding (nnU-Net's way), so that they show whole planes as at inference. Level with

@@ -14,6 +14,7 @@ class DetectorConfig:
     decoder_layers: int = 2
     heads: int = 8
     anchor_sizes: tuple = (8,)           # px, square anchors at each stride-4 location (one set of outputs each)
+    anchor_size_quota: bool = False      # with several anchor sizes: NMS within each, an equal share of proposals each
     pre_nms_top_k: int = 2000
     train_proposals: int = 256
     test_proposals: int = 100

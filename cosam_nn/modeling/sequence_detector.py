@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
+from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
 
 from cosam_nn.modeling.backbone import SliceBackbone, SliceFeatureCache, run_per_slice
 from cosam_nn.modeling.config import DetectorConfig
@@ -354,9 +354,23 @@ class SequenceDetector(nn.Module):
             union = union_boxes(boxes, present)
             valid = ((union[:, 2] - union[:, 0]) > 0.5) & ((union[:, 3] - union[:, 1]) > 0.5)
             idx = torch.nonzero(valid).squeeze(1)
-            idx = idx[nms(union[idx], scores[top][idx], nms_iou)[:keep]]
+            if self.cfg.anchor_size_quota and len(self.cfg.anchor_sizes) > 1:
+                idx = self._quota_per_anchor_size(union, scores[top], top % len(self.cfg.anchor_sizes), idx, nms_iou, keep)
+            else:
+                idx = idx[nms(union[idx], scores[top][idx], nms_iou)[:keep]]
             out.append(Proposals(boxes[idx], present[idx], scores[top][idx]))
         return out
+
+    @staticmethod
+    def _quota_per_anchor_size(union, scores, level, idx, nms_iou, keep):
+        """Of the candidates idx: NMS within each anchor size, then the best keep / A of each size,
+        best first overall. Ranked together, one size's objectness can fill every slot (the 16 px
+        anchors did, pushing the 4 px anchors' boxes of small nodes to ranks 87-276)."""
+        sizes = int(level.max()) + 1 if len(level) else 1
+        kept = batched_nms(union[idx], scores[idx], level[idx], nms_iou)
+        chosen = torch.cat([kept[level[idx][kept] == a][: -(-keep // sizes)] for a in range(sizes)])
+        chosen = chosen[scores[idx][chosen].argsort(descending=True)][:keep]
+        return idx[chosen]
 
     # ---- stage 2 ------------------------------------------------------------------------------
     def _with_true_tubes(self, proposals, targets):
