@@ -18,8 +18,9 @@ Budgets, each row trained from scratch for each (seeds S, S+1, ... for --repeats
   equal-minute run. Snapshots along these runs give the learning curves (test-set metric against
   training seconds); --long F adds a run of the first row at F times the iterations (curve only).
 Every model predicts the test cases (no TTA) and is scored by cosam_evaluate's metrics; intervals are
-95% bootstrap intervals over test cases, differences to the first row paired on the same draws,
-and a row's verdict ("ahead", "level", "behind") says whether that interval excludes zero.
+95% bootstrap intervals over test cases and, with --repeats, over each row's runs (--cases-only: over
+cases alone, as tables before 2026-11-29 were), differences to the first row paired on the same case
+draws, and a row's verdict ("ahead", "level", "behind") says whether that interval excludes zero.
 Each run is saved in runs.json as it ends; --keep reuses the finished runs of the same settings, so
 an interrupted benchmark resumes. Writes compare.json, compare.md, curves.csv and curves.png.
 --quick: a smoke run of every step on smaller volumes (24 x 64 x 64), about 8 minutes; the default:
@@ -241,11 +242,11 @@ def test_set_counts(run):
             "node_free_cases": sum(1 for c in cases.values() if not c["short_axes_mm"])}
 
 
-def budget_table(title, runs_by_row, baseline, draws):
+def budget_table(title, runs_by_row, baseline, draws, resample_runs=True):
     """Markdown table of one budget: each row's metrics with intervals, and each row's difference to
     the baseline with its paired interval and verdict."""
     stats = compare({row: [r["points"][-1]["cases"] for r in runs] for row, runs in runs_by_row.items()},
-                    baseline=baseline, draws=draws)
+                    baseline=baseline, draws=draws, resample_runs=resample_runs)
     head = "| row | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | iterations | train s | s/iter | predict s/case | train peak MiB |"
     lines = [f"### {title}", "", head, "|---" * (len(METRICS) + 6) + "|"]
     for row, runs in runs_by_row.items():
@@ -333,6 +334,8 @@ def main():
                    help="also train the first row for F times the iterations (learning curve only)")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--keep", action="store_true", help="reuse the finished runs of the same settings in --work")
+    p.add_argument("--cases-only", action="store_true", dest="cases_only",
+                   help="intervals over test cases only, not also over each row's runs (seeds)")
     p.add_argument("--real", metavar="FOLDER",
                    help="benchmark on real CT: an images/ + labels/ folder (cases named PATIENT_...) instead of synthetic data")
     a = p.parse_args()
@@ -389,12 +392,14 @@ def main():
               + (f"real CT from {a.real} (subset seed {SEED_DATA}, split by patient); " if a.real else
                  f"synthetic {list(cfg['shape'])}, data seed {SEED_DATA}; ") +
               f"training seeds {', '.join(map(str, seeds))}; prediction without TTA. Values: on the whole test set "
-              f"(mean over runs), [95% bootstrap interval over test cases, {a.draws} draws]; differences paired.")
-    text, it_stats = budget_table(f"Equal iterations ({cfg['epochs']} x {cfg['iters']})", iteration_runs, baseline, a.draws)
+              f"(mean over runs), [95% bootstrap interval over test cases{'' if a.cases_only else ' and runs'}, {a.draws} draws]; "
+              f"differences paired on the cases.")
+    text, it_stats = budget_table(f"Equal iterations ({cfg['epochs']} x {cfg['iters']})", iteration_runs, baseline, a.draws,
+                                  not a.cases_only)
     tables, stats = [header, "", text], {"iterations": it_stats}
     if minute_runs:
         text, stats["minutes"] = budget_table(f"Equal minutes ({minutes:.1f} min of training each)", minute_runs,
-                                              baseline, a.draws)
+                                              baseline, a.draws, not a.cases_only)
         tables += ["", text]
     files = write_curves(bench.pipe.work, curve_rows(bench.runs, a.draws))
     if files:

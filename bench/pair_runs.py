@@ -1,14 +1,15 @@
 """Before against after: the paired comparison of one row's runs in two benchmark work folders.
 
     python bench/pair_runs.py BEFORE_WORK AFTER_WORK [-tr CoSAMTrainerSmall] [--after-tr TRAINER]
-                              [--budget iterations] [--names before after] [--draws 2000]
+                              [--budget iterations] [--names before after] [--draws 2000] [--cases-only]
 
 A change to a trainer keeps its name, so compare.py cannot hold the code before and after it in one
 work folder. Run compare.py with the same settings and seeds from a checkout of each commit (same
 data seed, hence the same test set) into two work folders, then this prints the table of
 compare.py for the two (--after-tr: the after side is another row, e.g. a variant that became the
-default): each side's metrics with 95% bootstrap intervals over test cases, and the
-after - before difference paired on the same draws, with its verdict.
+default): each side's metrics with 95% bootstrap intervals over test cases and each side's runs
+(--cases-only: over cases alone), and the after - before difference paired on the same case draws,
+with its verdict.
 """
 import argparse
 import json
@@ -41,6 +42,8 @@ def main():
     p.add_argument("--budget", default="iterations", choices=("iterations", "minutes", "long"))
     p.add_argument("--names", nargs=2, default=("before", "after"))
     p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--cases-only", action="store_true", dest="cases_only",
+                   help="intervals over test cases only, not also over each side's runs (seeds)")
     a = p.parse_args()
     settings_b, before = load_runs(a.before, a.row, a.budget)
     settings_a, after = load_runs(a.after, a.after_row or a.row, a.budget)
@@ -53,7 +56,7 @@ def main():
     counts = test_set_counts(after[0])
     names = [f"{row} ({n})" for row, n in zip((a.row, a.after_row or a.row), a.names)]
     text, _ = budget_table(f"{a.row}, {a.budget} budget: {a.names[1]} against {a.names[0]}",
-                           {names[0]: before, names[1]: after}, names[0], a.draws)
+                           {names[0]: before, names[1]: after}, names[0], a.draws, not a.cases_only)
     print(f"test set: {counts['cases']} cases ({counts['node_free_cases']} node-free), {counts['nodes']} nodes, "
           f"{counts['small_nodes']} under 5 mm; seeds {[r['seed'] for r in before]} and {[r['seed'] for r in after]}\n")
     print(text)

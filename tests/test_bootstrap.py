@@ -63,6 +63,16 @@ def test_repeats_are_averaged_and_listed():
     assert stats["rows"]["r"]["dice"]["value"] == pytest.approx((0.8 + 0.15) / 2)
 
 
+def test_a_difference_within_the_seeds_spread_is_level_once_runs_are_resampled():
+    mid = {f"c{i}": _case(0.55, [True], [(0.9, True)]) for i in range(30)}
+    rows = {"base": [_run(30, good=True), _run(30, good=False)], "new": [mid, dict(mid)]}
+    cases_only = compare(rows, baseline="base", draws=500, resample_runs=False)["rows"]["new"]["difference"]["dice"]
+    both = compare(rows, baseline="base", draws=500)["rows"]["new"]["difference"]["dice"]
+    assert cases_only["value"] == both["value"] == pytest.approx(0.55 - 0.475)
+    assert cases_only["verdict"] == "ahead"  # the case sample alone cannot explain 0.075
+    assert both["verdict"] == "level" and both["interval"][0] < -0.1  # a seed of 0.15 or 0.8 can
+
+
 def test_no_small_nodes_gives_none_not_a_number():
     run = {"c0": _case(0.5, [True], [(0.9, True)], axes=[8.0]), "c1": _case(None, [], [])}
     stats = compare({"r": [run]}, draws=100)

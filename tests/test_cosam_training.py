@@ -11,7 +11,8 @@ from cosam_nn.modeling.crops import crop_regions
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.usam_baseline import USAMSegmenter
-from cosam_nn.modeling.training_step import _mask_targets, phase_for_epoch, training_losses, window_targets
+from cosam_nn.modeling.training_step import (_chosen_proposals, _mask_targets, phase_for_epoch, training_losses,
+                                             window_targets)
 from cosam_nn.trainers.CoSAMTrainer import (CoSAMTrainer, PolyLR, _param_group, forced_foreground_share,
                                             voxel_matched_batch, window_patch)
 from cosam_nn.trainers import CoSAMTrainer_variants as variants
@@ -103,6 +104,21 @@ def test_targets_come_from_the_label_node_by_node():
     expected[10 - y0:13 - y0, 9 - x0:15 - x0] = 1
     assert torch.equal(target[0, 0], expected)
     assert _mask_targets([instances], torch.tensor([2]), torch.tensor([0]), regions, 24).sum() == 0
+
+
+def test_usam_and_ccm_targets_follow_the_detectors_match_rule():
+    labels = torch.zeros(1, 5, 32, 32, dtype=torch.bool)
+    labels[0, 1:4, 14:18, 14:18] = True  # a 4 px node
+    targets = window_targets(labels)
+    loose = torch.tensor([11.0, 11, 21, 21])  # stage 1's usual 10 px box, centred on it
+    far = torch.tensor([0.0, 0, 10, 10])
+    det = {"valid": torch.ones(1, 2, dtype=torch.bool), "presence": torch.full((1, 2, 5), 5.0),
+           "boxes": torch.stack([loose, far])[None, :, None].expand(1, 2, 5, 4)}
+    plain = CoSAMConfig.small(window=5).detector
+    centre = variants.CoSAMTrainerSmall_centreMatch.cosam_config().detector
+    for cfg, matched in ((plain, []), (centre, [0])):
+        (props, nodes), = _chosen_proposals(det, targets, 2, cfg, 0.5)
+        assert sorted(props[nodes > 0].tolist()) == matched and set(nodes.tolist()) <= {0, 1}
 
 
 @pytest.mark.parametrize("phase", ["pretrain", "joint"])

@@ -3,8 +3,10 @@
 A benchmark's test set is a sample of cases: resampling the cases with replacement (the same draws
 for every model, so differences are paired) shows how much a metric would move on another sample
 of the same size. Repeated trainings of a model (other seeds) enter as the mean over runs of each
-draw's metric, so the interval covers the case sample, not the training noise; the runs' spread is
-reported beside it.
+draw's metric. With `resample_runs` (the default) each draw also resamples each row's runs with
+replacement, so that the interval covers the training noise as well as the case sample: at a short
+training budget two seeds of one model can differ by more than two models do, and an interval over
+cases alone then calls a seed's luck a difference. Each run's value is reported beside it.
 """
 import numpy as np
 
@@ -72,26 +74,32 @@ def _aligned(rows):
     return out, names or []
 
 
-def compare(rows, baseline=None, draws=2000, seed=0, level=0.95):
+def _mean_over_runs(per_run, picks=None):
+    """{metric: mean over the runs (or over the runs at indices `picks`, repeats counted)}."""
+    chosen = per_run if picks is None else [per_run[i] for i in picks]
+    return {m: float(np.nanmean([r[m] for r in chosen])) if any(np.isfinite(r[m]) for r in chosen) else np.nan
+            for m in METRICS}
+
+
+def compare(rows, baseline=None, draws=2000, seed=0, level=0.95, resample_runs=True):
     """rows: {row name: [run, ...]}, a run {case: case_record}. Returns, per row and metric, the value
     on the whole test set (mean over runs), each run's value, and the interval; for each row other
-    than `baseline`, the paired difference to it with its interval and verdict."""
+    than `baseline`, the paired difference to it with its interval and verdict. Differences are
+    paired on the cases; runs are drawn for each row on its own (seeds of two models share nothing)."""
     cases, names = _aligned(rows)
     n = len(names)
     rng = np.random.default_rng(seed)
     draws_idx = rng.integers(0, n, size=(draws, n)) if n else np.zeros((0, 0), int)
     whole = np.arange(n)
 
-    def mean_over_runs(runs, idx):
-        per_run = [c.metrics(idx) for c in runs]
-        return {m: float(np.nanmean([r[m] for r in per_run])) if any(np.isfinite(r[m]) for r in per_run) else np.nan
-                for m in METRICS}, per_run
-
     point, boot = {}, {}
-    out = {"cases": n, "draws": draws, "level": level, "rows": {}}
+    out = {"cases": n, "draws": draws, "level": level, "runs_resampled": resample_runs, "rows": {}}
     for row, runs in cases.items():
-        point[row], per_run = mean_over_runs(runs, whole)
-        boot[row] = [mean_over_runs(runs, idx)[0] for idx in draws_idx]
+        per_run = [c.metrics(whole) for c in runs]
+        point[row] = _mean_over_runs(per_run)
+        picks = (rng.integers(0, len(runs), size=(draws, len(runs))) if resample_runs
+                 else [None] * len(draws_idx))
+        boot[row] = [_mean_over_runs([c.metrics(idx) for c in runs], pick) for idx, pick in zip(draws_idx, picks)]
         out["rows"][row] = {m: dict(value=_nan_none(point[row][m]), runs=[_nan_none(r[m]) for r in per_run],
                                     interval=_interval([b[m] for b in boot[row]], level)) for m in METRICS}
     if baseline is not None and baseline in cases:
