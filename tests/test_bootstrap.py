@@ -71,6 +71,10 @@ def test_a_difference_within_the_seeds_spread_is_level_once_runs_are_resampled()
     assert cases_only["value"] == both["value"] == pytest.approx(0.55 - 0.475)
     assert cases_only["verdict"] == "ahead"  # the case sample alone cannot explain 0.075
     assert both["verdict"] == "level" and both["interval"][0] < -0.1  # a seed of 0.15 or 0.8 can
+    # the same runs on both sides (weights predicted again unchanged): runs are paired, nothing differs
+    same = compare({"a": rows["base"], "b": list(rows["base"])}, baseline="a", draws=300)
+    assert same["rows"]["b"]["difference"]["dice"]["interval"] == (0.0, 0.0)
+    assert same["rows"]["b"]["dice"]["interval"][1] - same["rows"]["b"]["dice"]["interval"][0] > 0.3
 
 
 def test_no_small_nodes_gives_none_not_a_number():

@@ -3,10 +3,13 @@
 A benchmark's test set is a sample of cases: resampling the cases with replacement (the same draws
 for every model, so differences are paired) shows how much a metric would move on another sample
 of the same size. Repeated trainings of a model (other seeds) enter as the mean over runs of each
-draw's metric. With `resample_runs` (the default) each draw also resamples each row's runs with
+draw's metric. With `resample_runs` (the default) each draw also resamples the runs with
 replacement, so that the interval covers the training noise as well as the case sample: at a short
 training budget two seeds of one model can differ by more than two models do, and an interval over
-cases alone then calls a seed's luck a difference. Each run's value is reported beside it.
+cases alone then calls a seed's luck a difference. Where every row has the same number of runs, the
+draw picks the same positions in each (runs are paired by seed, as the cases are by name): the same
+weights predicted two ways then differ only by what the prediction changed. Each run's value is
+reported beside the interval.
 """
 import numpy as np
 
@@ -85,20 +88,24 @@ def compare(rows, baseline=None, draws=2000, seed=0, level=0.95, resample_runs=T
     """rows: {row name: [run, ...]}, a run {case: case_record}. Returns, per row and metric, the value
     on the whole test set (mean over runs), each run's value, and the interval; for each row other
     than `baseline`, the paired difference to it with its interval and verdict. Differences are
-    paired on the cases; runs are drawn for each row on its own (seeds of two models share nothing)."""
+    paired on the cases, and on the runs' positions where every row has as many runs."""
     cases, names = _aligned(rows)
     n = len(names)
     rng = np.random.default_rng(seed)
     draws_idx = rng.integers(0, n, size=(draws, n)) if n else np.zeros((0, 0), int)
     whole = np.arange(n)
 
+    counts = {len(runs) for runs in cases.values()}
+    shared = rng.integers(0, counts.pop(), size=(draws, len(next(iter(cases.values()))))) \
+        if resample_runs and len(counts) == 1 else None
+
     point, boot = {}, {}
     out = {"cases": n, "draws": draws, "level": level, "runs_resampled": resample_runs, "rows": {}}
     for row, runs in cases.items():
         per_run = [c.metrics(whole) for c in runs]
         point[row] = _mean_over_runs(per_run)
-        picks = (rng.integers(0, len(runs), size=(draws, len(runs))) if resample_runs
-                 else [None] * len(draws_idx))
+        picks = ([None] * len(draws_idx) if not resample_runs else shared if shared is not None
+                 else rng.integers(0, len(runs), size=(draws, len(runs))))
         boot[row] = [_mean_over_runs([c.metrics(idx) for c in runs], pick) for idx, pick in zip(draws_idx, picks)]
         out["rows"][row] = {m: dict(value=_nan_none(point[row][m]), runs=[_nan_none(r[m]) for r in per_run],
                                     interval=_interval([b[m] for b in boot[row]], level)) for m in METRICS}
