@@ -118,6 +118,9 @@ def test_pair_runs_pairs_two_work_folders_and_refuses_other_test_sets(tmp_path, 
     monkeypatch.setattr(sys, "argv", ["pair_runs", before, other])
     with pytest.raises(SystemExit, match="different benchmark settings"):
         pair_runs.main()
+    monkeypatch.setattr(sys, "argv", ["pair_runs", before, after, "--seeds", "1"])
+    with pytest.raises(SystemExit, match="no finished 'CoSAMTrainerSmall' run .* with seeds"):
+        pair_runs.main()
 
 
 def test_real_ct_subset_keeps_each_patient_on_one_side_and_names_a_missing_folder(tmp_path, capsys):

@@ -49,7 +49,8 @@ class CoSAMTrainerSmall_plainMatch(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_centreMatch(CoSAMTrainerSmall):
     """Nodes under 10 px (long side of the union box) also match proposals centred on them and at most
     two strides larger (`centre_match_below`): stage 1's 10 px boxes around 3-8 px nodes become
-    positives for stage 2, the CCM and U-SAM."""
+    positives for stage 2, the CCM and U-SAM. Level with CoSAMTrainerSmall on every measure over five
+    seeds (best FROC of any run on three of them, a slow learner on one; bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
@@ -106,7 +107,8 @@ class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
 
 class CoSAMTrainerSmall_twoAnchorSizes(CoSAMTrainerSmall):
     """Anchors of 4 and 8 px, each size with an equal share of stage 1's proposals after NMS within
-    the size (`anchor_size_quota`), so that the small anchors' boxes of small nodes reach stage 2."""
+    the size (`anchor_size_quota`), so that the small anchors' boxes of small nodes reach stage 2.
+    FROC and AP@0.1 behind over three seeds, small nodes level (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
