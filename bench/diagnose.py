@@ -153,14 +153,15 @@ def window_stats(model, window, labels, case_instances=None):
     matched_any = torch.zeros_like(valid)
     pools = stage1_pools(model.detector, window) if len(nodes) else None
     fit_iou, fit_px = best_fit(pools[1], t_union) if len(nodes) else (None, None)
+    s1_union = union_boxes(s1.boxes, s1.present)
+    iou1 = box_iou(s1_union, t_union)  # (P, T), P = 0 when stage 1 kept nothing
+    centred = centred_on_small_node(s1_union, t_union, float("inf"), model.cfg.detector.stride).any(0)  # (T,)
     for n in nodes.tolist():
         row = {"voxels": int(boxes.voxels[n])}
         if case_instances is not None:
             row["case_id"] = int(case_instances[inst == n + 1].max())
-        iou1 = box_iou(union_boxes(s1.boxes, s1.present), t_union[n:n + 1])[:, 0] if len(s1.scores) else torch.zeros(0)
-        row["stage1_iou"] = float(iou1.max()) if len(iou1) else 0.0
-        row["stage1_centred"] = bool(len(s1.scores)) and bool(centred_on_small_node(
-            union_boxes(s1.boxes, s1.present), t_union[n:n + 1], float("inf"), model.cfg.detector.stride).any())
+        row["stage1_iou"] = float(iou1[:, n].max()) if len(iou1) else 0.0
+        row["stage1_centred"] = bool(centred[n])
         row["stage1_rank"] = first_rank(pools[0], t_union[n:n + 1])
         row["node_px"] = float((t_union[n, 2:] - t_union[n, :2]).max())
         row["fit_iou"], row["fit_px"] = float(fit_iou[n]), float(fit_px[n])
