@@ -133,7 +133,7 @@ def test_anchor_size_quota_keeps_a_share_of_each_size_and_suppresses_within_a_si
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1])  # every large box outranks every small one
     level = torch.tensor([1, 1, 1, 1, 0, 0, 0])
     idx = torch.arange(7)
-    kept = SequenceDetector._quota_per_anchor_size(union, scores, level, idx, 0.7, keep=4)
+    kept = SequenceDetector._quota_per_anchor_size(union, scores, level, 2, idx, 0.7, keep=4)
     # two of each size, best first; the small duplicate is suppressed, the small box inside the large one is not
     assert kept.tolist() == [0, 1, 4, 6]
     plain = idx[nms(union, scores, 0.7)[:4]]

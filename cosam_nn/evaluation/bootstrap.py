@@ -96,16 +96,22 @@ def compare(rows, baseline=None, draws=2000, seed=0, level=0.95, resample_runs=T
     whole = np.arange(n)
 
     counts = {len(runs) for runs in cases.values()}
-    shared = rng.integers(0, counts.pop(), size=(draws, len(next(iter(cases.values()))))) \
-        if resample_runs and len(counts) == 1 else None
+    shared = None  # run positions drawn once for every row: rows with as many runs are paired by seed
+    if resample_runs and len(counts) == 1:
+        r = counts.pop()
+        shared = rng.integers(0, r, size=(draws, r))
 
     point, boot = {}, {}
     out = {"cases": n, "draws": draws, "level": level, "runs_resampled": resample_runs, "rows": {}}
     for row, runs in cases.items():
         per_run = [c.metrics(whole) for c in runs]
         point[row] = _mean_over_runs(per_run)
-        picks = ([None] * len(draws_idx) if not resample_runs else shared if shared is not None
-                 else rng.integers(0, len(runs), size=(draws, len(runs))))
+        if not resample_runs:
+            picks = [None] * len(draws_idx)
+        elif shared is not None:
+            picks = shared
+        else:
+            picks = rng.integers(0, len(runs), size=(draws, len(runs)))
         boot[row] = [_mean_over_runs([c.metrics(idx) for c in runs], pick) for idx, pick in zip(draws_idx, picks)]
         out["rows"][row] = {m: dict(value=_nan_none(point[row][m]), runs=[_nan_none(r[m]) for r in per_run],
                                     interval=_interval([b[m] for b in boot[row]], level)) for m in METRICS}

@@ -354,19 +354,19 @@ class SequenceDetector(nn.Module):
             union = union_boxes(boxes, present)
             valid = ((union[:, 2] - union[:, 0]) > 0.5) & ((union[:, 3] - union[:, 1]) > 0.5)
             idx = torch.nonzero(valid).squeeze(1)
-            if self.cfg.anchor_size_quota and len(self.cfg.anchor_sizes) > 1:
-                idx = self._quota_per_anchor_size(union, scores[top], top % len(self.cfg.anchor_sizes), idx, nms_iou, keep)
+            sizes = len(self.cfg.anchor_sizes)
+            if self.cfg.anchor_size_quota and sizes > 1:
+                idx = self._quota_per_anchor_size(union, scores[top], top % sizes, sizes, idx, nms_iou, keep)
             else:
                 idx = idx[nms(union[idx], scores[top][idx], nms_iou)[:keep]]
             out.append(Proposals(boxes[idx], present[idx], scores[top][idx]))
         return out
 
     @staticmethod
-    def _quota_per_anchor_size(union, scores, level, idx, nms_iou, keep):
-        """Of the candidates idx: NMS within each anchor size, then the best keep / A of each size,
-        best first overall. Ranked together, one size's objectness can fill every slot (the 16 px
-        anchors did, pushing the 4 px anchors' boxes of small nodes to ranks 87-276)."""
-        sizes = int(level.max()) + 1 if len(level) else 1
+    def _quota_per_anchor_size(union, scores, level, sizes, idx, nms_iou, keep):
+        """Of the candidates idx: NMS within each anchor size (level, 0..sizes - 1), then the best
+        keep / sizes of each, best first overall. Ranked together, one size's objectness can fill every
+        slot (the 16 px anchors did, pushing the 4 px anchors' boxes of small nodes to ranks 87-276)."""
         kept = batched_nms(union[idx], scores[idx], level[idx], nms_iou)
         chosen = torch.cat([kept[level[idx][kept] == a][: -(-keep // sizes)] for a in range(sizes)])
         chosen = chosen[scores[idx][chosen].argsort(descending=True)][:keep]
