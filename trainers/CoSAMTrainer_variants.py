@@ -62,7 +62,8 @@ class CoSAMTrainerSmall_matchMargin4(CoSAMTrainerSmall):
     """Proposals match nodes by the IoU of boxes grown by 4 px (one stride) instead of 2: stage 1's
     8 px box around a 3 px node (grown IoU 0.47) becomes a positive for stage 2, the CCM and U-SAM,
     which then learn to keep and shrink it rather than reject it. Over three seeds FROC and AP@0.1
-    ahead, Dice behind (bench/RESULTS.md); not adopted."""
+    ahead, Dice behind on intervals over cases, all level once seeds are resampled too
+    (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
@@ -96,8 +97,8 @@ class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
     """Stage 1 with anchors of 4, 8 and 16 px at each location instead of one of 8 px; each node trains
     the anchors of the size nearest its own. Stage 1's boxes barely leave their anchor's size in a
     short training, so a 3 px node's best candidate was an 8 px box that stage 2 learns to reject.
-    Behind on Dice, FROC and small nodes over three seeds: the 16 px anchors outrank the small ones
-    (bench/RESULTS.md); not adopted."""
+    Behind on Dice and small nodes over three seeds (FROC too on intervals over cases only): the 16 px
+    anchors outrank the small ones (bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
