@@ -57,7 +57,8 @@ REAL_SETTINGS = {  # training and test cases drawn from the real-CT folder, epoc
     "quick": dict(train_cases=16, test_cases=10, epochs=2, iters=10, fractions=(0.5,)),
     "full": dict(train_cases=160, test_cases=100, epochs=8, iters=40, fractions=()),
 }
-METRIC_NAMES = {"dice": "Dice", "froc": "FROC score", "ap10": "AP@0.1", "sens_small": "sens. < 5 mm"}
+METRIC_NAMES = {"dice": "Dice", "froc": "FROC score", "ap10": "AP@0.1", "sens_small": "sens. < 5 mm",
+                "froc_small": "FROC < 5 mm"}
 
 
 def patient_of(case):
@@ -129,6 +130,7 @@ def scored_point(labels_folder, predictions, seconds):
             "cases": {case: case_record(r) for case, r in results.items()},
             "summary": {"dice": summary["dice_mean"], "froc": summary["froc_score"], "ap10": summary["ap"]["0.1"],
                         "sens_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["sensitivity"],
+                        "froc_small": summary["sensitivity_by_short_axis"]["< 5 mm"]["froc_score"],
                         "pooled_dice": summary["pooled_slice_dice"]}}
 
 

@@ -11,9 +11,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
 
 
 def _case(dice, found, scores_tp, axes=None):
-    """A case record: node flags `found`, detections as (score, true positive) pairs."""
+    """A case record: node flags `found`, detections as (score, true positive) pairs; the true
+    positives found the found nodes in order."""
+    hits = iter(i for i, f in enumerate(found) if f)
     return {"dice": dice, "scores": [s for s, _ in scores_tp], "tp": [t for _, t in scores_tp],
-            "found": list(found), "short_axes_mm": list(axes if axes is not None else [4.0] * len(found))}
+            "found": list(found), "reference_of": [next(hits) if t else -1 for _, t in scores_tp],
+            "short_axes_mm": list(axes if axes is not None else [4.0] * len(found))}
 
 
 def _run(n, good):
@@ -36,10 +39,10 @@ def test_clear_difference_is_a_verdict_and_intervals_hold_the_values():
     assert new["dice"]["value"] == pytest.approx(0.8) and base["dice"]["value"] == pytest.approx(0.15)
     assert new["sens_small"]["value"] == 1.0 and base["sens_small"]["value"] == 0.5
     for row in (new, base):
-        for m in ("dice", "froc", "ap10", "sens_small"):
+        for m in ("dice", "froc", "ap10", "sens_small", "froc_small"):
             lo, hi = row[m]["interval"]
             assert lo <= row[m]["value"] <= hi
-    for m in ("dice", "froc", "ap10", "sens_small"):
+    for m in ("dice", "froc", "ap10", "sens_small", "froc_small"):
         assert new["difference"][m]["verdict"] == "ahead"
     # the baseline's own difference is not listed; an identical row is level with an interval around 0
     same = compare({"base": [_run(20, False)], "copy": [_run(20, False)]}, baseline="base", draws=300)
@@ -83,6 +86,26 @@ def test_no_small_nodes_gives_none_not_a_number():
     assert stats["rows"]["r"]["sens_small"]["value"] is None
     assert stats["rows"]["r"]["sens_small"]["interval"] == (None, None)
     assert stats["rows"]["r"]["dice"]["value"] == 0.5  # the empty case is left out of the mean
+
+
+def test_small_nodes_froc_counts_false_positives_of_every_size():
+    # every node is small; 10 cases: the odd ones find theirs after a false positive, the even ones miss
+    stats = compare({"r": [_run(10, good=False)]}, draws=100)["rows"]["r"]
+    # 10 FPs (scores 0.9, 0.8) in 10 scans before the 5 hits (0.4): 1/2 of the nodes from rate 1 on
+    assert stats["froc_small"]["value"] == pytest.approx(4 * 0.5 / 7)
+    assert stats["froc"]["value"] == stats["froc_small"]["value"]  # every node is small
+    # a large node's hit is not a small-node hit, yet its false positive still counts
+    mixed = {f"c{i}": _case(0.5, [True, True], [(0.9, False), (0.8, True), (0.7, True)], axes=[8.0, 4.0])
+             for i in range(4)}
+    s = compare({"r": [mixed]}, draws=100)["rows"]["r"]
+    assert s["froc_small"]["value"] == pytest.approx(4 / 7)  # 1 FP per scan before the small hits
+    assert s["sens_small"]["value"] == 1.0
+
+
+def test_records_without_links_have_no_small_nodes_froc():
+    run = {k: {f: v for f, v in r.items() if f != "reference_of"} for k, r in _run(6, good=True).items()}
+    stats = compare({"r": [run]}, draws=100)["rows"]["r"]
+    assert stats["froc_small"]["value"] is None and stats["sens_small"]["value"] == 1.0
 
 
 def test_rows_must_share_their_cases():

@@ -69,9 +69,10 @@ def test_hand_worked_case_with_probabilities(tmp_path, capsys):
     assert all(v == pytest.approx(2 / 3) for v in s["froc"].values()) and s["froc_score"] == pytest.approx(2 / 3)
     # short axes (pixel extents, 1 mm): A 3x3 -> 4.24 mm, B 4x4 -> 5.66 mm, C 2x2 -> 2.83 mm
     by_size = s["sensitivity_by_short_axis"]
-    assert by_size["< 5 mm"] == {"nodes": 2, "sensitivity": 0.5}
-    assert by_size["5-10 mm"] == {"nodes": 1, "sensitivity": 1.0}
-    assert by_size["> 10 mm"]["nodes"] == 0
+    # A (small) is found before the FP, C (small) never: 1/2 at every rate; B alone in 5-10 mm
+    assert by_size["< 5 mm"] == {"nodes": 2, "sensitivity": 0.5, "froc_score": 0.5}
+    assert by_size["5-10 mm"] == {"nodes": 1, "sensitivity": 1.0, "froc_score": 1.0}
+    assert by_size["> 10 mm"]["nodes"] == 0 and by_size["> 10 mm"]["froc_score"] is None
     assert s["per_case"]["a"]["nodes_found"] == 2
     assert (s["per_case"]["a"]["reference_voxels"], s["per_case"]["a"]["predicted_voxels"]) == (54, 59)
     assert "mean foreground probability" in s["detection_scores"]
@@ -90,6 +91,8 @@ def test_without_probabilities_scores_are_one_and_order_is_scan_order(tmp_path):
     # all scores 1.0: ties keep scan order F, A, B -> FP, TP, TP: AP = 1/3 * 2/3 + 1/3 * 2/3
     assert s["ap"]["0.1"] == pytest.approx(4 / 9)
     assert "1.0" in s["detection_scores"]
+    # one scan: F puts 1 FP per scan before A, so the small nodes (A, C) reach 1/2 only from rate 1 on
+    assert s["sensitivity_by_short_axis"]["< 5 mm"]["froc_score"] == pytest.approx(4 * 0.5 / 7)
 
 
 def test_ap_and_froc_on_a_case_worked_on_paper():
@@ -105,6 +108,22 @@ def test_ap_and_froc_on_a_case_worked_on_paper():
     assert points[0.5] == pytest.approx(2 / 3) and points[8.0] == pytest.approx(2 / 3)
     assert score == pytest.approx((2 * 1 / 3 + 5 * 2 / 3) / 7)
     assert np.isnan(average_precision([greedy_match(np.zeros((0, 4)), [], np.zeros((0, 4)), 0.5)]))
+
+
+def test_froc_of_some_references_counts_every_false_positive():
+    # scan 1: refs A (small), B (large); detections d1 0.9 finds B, d2 0.8 FP, d3 0.7 finds A;
+    # scan 2: ref C (small); d4 0.6 FP, d5 0.5 finds C
+    s1 = greedy_match([[10, 10, 20, 20], [30, 30, 32, 32], [0, 0, 2, 2]], [0.9, 0.8, 0.7],
+                      [[0, 0, 2, 2], [10, 10, 20, 20]], 0.5)
+    s2 = greedy_match([[40, 40, 41, 41], [5, 5, 7, 7]], [0.6, 0.5], [[5, 5, 7, 7]], 0.5)
+    assert s1.reference_of.tolist() == [1, -1, 0] and s2.reference_of.tolist() == [-1, 0]
+    points, score = froc([s1, s2], n_scans=2, counted=[[True, False], [True]])
+    # d1 finds a node not counted: neither hit nor FP; d2 -> 0.5 FP/scan, d3 -> 1/2; d4 -> 1.0, d5 -> 1
+    assert [points[r] for r in (0.125, 0.25, 0.5, 1.0, 8.0)] == pytest.approx([0, 0, 0.5, 1, 1])
+    assert score == pytest.approx((0.5 + 4) / 7)
+    # all references: d1 counts from the start
+    assert froc([s1, s2], n_scans=2)[1] == pytest.approx((2 / 3 + 2 / 3 + 4) / 7)
+    assert np.isnan(froc([s1, s2], n_scans=2, counted=[[False, False], [False]])[1])
 
 
 def test_a_detection_matches_one_reference_only():

@@ -15,7 +15,7 @@ import numpy as np
 
 from cosam_nn.evaluation.detection_metrics import Matched, average_precision, froc
 
-METRICS = ("dice", "froc", "ap10", "sens_small")
+METRICS = ("dice", "froc", "ap10", "sens_small", "froc_small")
 SMALL_MM = 5.0
 
 
@@ -24,6 +24,7 @@ def case_record(case_result, detection_iou=0.1):
     m = case_result["matches"][detection_iou]
     return {"dice": case_result["dice"], "scores": [float(s) for s in m.scores],
             "tp": [bool(t) for t in m.true_positive], "found": [bool(f) for f in m.found],
+            "reference_of": [int(r) for r in m.reference_of],
             "short_axes_mm": [float(a) for a in case_result["short_axes_mm"]]}
 
 
@@ -32,18 +33,22 @@ class _Cases:
 
     def __init__(self, records):
         self.dice = np.array([np.nan if r["dice"] is None else r["dice"] for r in records], float)
-        self.groups = [Matched(np.asarray(r["scores"], float), np.asarray(r["tp"], bool), np.asarray(r["found"], bool))
-                       for r in records]
-        self.small = [np.asarray(r["found"], bool)[np.asarray(r["short_axes_mm"], float) < SMALL_MM] for r in records]
+        # records written before reference_of was kept cannot give the small nodes' FROC score
+        self.linked = all("reference_of" in r for r in records)
+        self.groups = [Matched(np.asarray(r["scores"], float), np.asarray(r["tp"], bool), np.asarray(r["found"], bool),
+                               np.asarray(r.get("reference_of", [-1] * len(r["scores"])), int)) for r in records]
+        self.is_small = [np.asarray(r["short_axes_mm"], float) < SMALL_MM for r in records]
 
     def metrics(self, idx):
         dice = self.dice[idx]
         groups = [self.groups[i] for i in idx]
-        small = np.concatenate([self.small[i] for i in idx]) if len(idx) else np.zeros(0, bool)
+        is_small = [self.is_small[i] for i in idx]
+        small = np.concatenate([g.found[s] for g, s in zip(groups, is_small)]) if len(idx) else np.zeros(0, bool)
         return {"dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else np.nan,
                 "froc": froc(groups, len(idx))[1],
                 "ap10": average_precision(groups),
-                "sens_small": float(small.mean()) if small.size else np.nan}
+                "sens_small": float(small.mean()) if small.size else np.nan,
+                "froc_small": froc(groups, len(idx), counted=is_small)[1] if self.linked else np.nan}
 
 
 def _interval(values, level):

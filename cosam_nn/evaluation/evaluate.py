@@ -9,7 +9,9 @@ nodes are 26-connected components of the reference, detections the components of
 scored by their mean foreground probability (with --probs, from nnU-Net's .npz files) or 1.0;
 greedy matching by score at a 3D box IoU threshold; AP at IoU 0.1 and 0.5, FROC at 1/8..8 false
 positives per scan and its mean; the per-slice 2D AP50 of the paper's Table 3 (each node's
-cross-section per slice is a box); sensitivity by short-axis size (< 5, 5-10, > 10 mm).
+cross-section per slice is a box); sensitivity by short-axis size (< 5, 5-10, > 10 mm), and the FROC
+score of each size (sensitivity to the nodes of that size, every false positive counted), which
+ranks how early a model finds them among all its detections instead of at one operating point.
 --plots DIR draws the FROC curve, a histogram of node sizes found and missed, and for the worst and
 best case an axial slice with reference and prediction outlined (on the CT from --images, by
 default the imagesTs beside a labelsTs folder).
@@ -112,8 +114,10 @@ def summarise(cases, iou_thresholds=(0.1, 0.5), detection_iou=0.1):
     by_size = {}
     for name, lo, hi in SIZE_BINS:
         sel = (axes >= lo) & (axes < hi)
+        counted = [(np.asarray(c["short_axes_mm"]) >= lo) & (np.asarray(c["short_axes_mm"]) < hi) for c in cases.values()]
         by_size[name] = {"nodes": int(sel.sum()),
-                         "sensitivity": float(found[sel].mean()) if sel.any() else None}
+                         "sensitivity": float(found[sel].mean()) if sel.any() else None,
+                         "froc_score": froc(groups[detection_iou], len(cases), counted=counted)[1] if sel.any() else None}
     return {
         "cases": len(cases),
         "cases_empty_reference_and_prediction": sum(1 for c in cases.values() if c["dice"] is None),
@@ -207,6 +211,8 @@ def headline(summary):
             ("AP50 per slice, 2D (paper Table 3)", summary["ap50_2d_per_slice"]),
             ("FROC score (1/8..8 FP per scan)", summary["froc_score"])]
     rows += [(f"sensitivity, short axis {k} ({v['nodes']} nodes)", v["sensitivity"])
+             for k, v in summary["sensitivity_by_short_axis"].items()]
+    rows += [(f"FROC score, short axis {k} (every false positive counted)", v["froc_score"])
              for k, v in summary["sensitivity_by_short_axis"].items()]
     lines = ["| metric | value |", "|---|---|"] + [f"| {k} | {fmt_value(v)} |" for k, v in rows]
     lines.append(f"\n{summary['cases']} cases ({summary['cases_empty_reference_and_prediction']} with empty reference "
