@@ -2,9 +2,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou, nms, roi_align
 
 from blobs import blob_windows
+from cosam_nn.modeling.backbone import SliceBackbone, split_levels
 from cosam_nn.modeling.config import CoSAMConfig, DetectorConfig
 from cosam_nn.modeling.sequence_detector import (SequenceDetector, decode_boxes, dense_targets, encode_boxes,
                                                  jitter_tube, match_iou,
@@ -66,11 +67,13 @@ def _recall(det, x, targets, iou=0.5):
     return hit / total
 
 
-@pytest.mark.parametrize("anchor_sizes", [(8,), (4, 8, 16)])
-def test_detector_learns_to_find_blobs(anchor_sizes):
-    """Bounded training on a few windows recovers the per-slice boxes of their blobs."""
+@pytest.mark.parametrize("anchor_sizes, fine_roi_below", [((8,), 0.0), ((4, 8, 16), 0.0), ((8,), 12.0)])
+def test_detector_learns_to_find_blobs(anchor_sizes, fine_roi_below):
+    """Bounded training on a few windows recovers the per-slice boxes of their blobs (with small
+    proposals pooled at stride 2 too)."""
     torch.manual_seed(0)
-    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, anchor_sizes=anchor_sizes))
+    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, anchor_sizes=anchor_sizes,
+                                   fine_roi_below=fine_roi_below))
     x, masks = blob_windows(8, length=5, size=48, seed=1)
     targets = [node_boxes(m) for m in masks]
     before = _recall(det, x, targets)
@@ -151,9 +154,10 @@ def test_jittered_tubes_stay_near_their_node_on_every_slice():
     assert offset[:, :, :2].abs().max() <= 2.25 + 1e-5  # 1.5 x 25% of 6 px: a near-miss, not another place
 
 
-def test_cpu_inference_encodes_each_slice_once_and_forgets_on_new_weights():
+@pytest.mark.parametrize("fine_roi_below", [0.0, 12.0])
+def test_cpu_inference_encodes_each_slice_once_and_forgets_on_new_weights(fine_roi_below):
     torch.manual_seed(0)
-    det = SequenceDetector(CoSAMConfig.small(window=5).detector).eval()
+    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, fine_roi_below=fine_roi_below)).eval()
     volume = torch.randn(1, 1, 9, 32, 32)
     with torch.no_grad():
         first = det(volume[:, :, 0:5])
@@ -223,6 +227,47 @@ def test_stage2_pools_with_the_configured_sampling_ratio(ratio, monkeypatch):
     with torch.no_grad():
         det(torch.randn(1, 1, 5, 32, 32))
     assert seen == [ratio]
+
+
+@pytest.mark.parametrize("size", [32, 30, 26])
+def test_fine_level_is_the_stride2_map_packed_beside_the_stride4_one(size):
+    """The backbone's packed output unpacks to a stride-4 map and a stride-2 map twice its size
+    (an odd stride-2 map padded at the end); without the fine level nothing changes."""
+    torch.manual_seed(0)
+    plain, fine = SliceBackbone((8, 16, 32, 48), 32), SliceBackbone((8, 16, 32, 48), 32, fine=True)
+    fine.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(3, 1, size, size)
+    coarse, stride2 = split_levels(fine(x), 32)
+    half = -(-size // 2)  # stride-2 size: ceil(size / 2); stride 4: ceil(half / 2)
+    h = -(-half // 2)
+    assert coarse.shape == (3, 32, h, h) and stride2.shape == (3, 32, 2 * h, 2 * h)
+    torch.testing.assert_close(coarse, plain(x))
+    assert split_levels(plain(x), 32)[1] is None
+    assert stride2[..., :half, :half].abs().sum() > 0
+    assert stride2[..., half:, :].abs().sum() == 0 and stride2[..., half:].abs().sum() == 0
+    packed = torch.cat([coarse, torch.nn.functional.pixel_unshuffle(stride2, 2)], 1)
+    torch.testing.assert_close(split_levels(packed[None], 32)[1][0], stride2)  # (B, L, ...) too
+
+
+def test_small_proposals_are_pooled_at_stride2_and_large_ones_at_stride4():
+    """With fine_roi_below 10, a 6 px proposal reads only the stride-2 map and a 20 px one only the
+    stride-4 map: changing one map changes the features of its own proposals alone."""
+    det = SequenceDetector(replace(CoSAMConfig.small(window=5).detector, fine_roi_below=10.0))
+    length, c = 5, det.cfg.feature_dim
+    coarse, stride2 = torch.randn(1, length, c, 8, 8), torch.randn(1, length, c, 16, 16)
+    rois = torch.tensor([[10.0, 10, 16, 16], [4.0, 4, 24, 24]]).view(1, 2, 1, 4).expand(1, 2, length, 4)
+    union = rois[:, :, 0]
+
+    def pooled(levels):
+        return det._pool(levels, rois, union, (32, 32)).view(2, length, c, -1)
+
+    base = pooled((coarse, stride2))
+    expected = roi_align(stride2[0], list(rois[0, 0, :, None]), det.cfg.roi_size, spatial_scale=0.5,
+                         sampling_ratio=det.cfg.roi_sampling_ratio, aligned=True)
+    torch.testing.assert_close(base[0], expected.view(length, c, -1))
+    other_fine, other_coarse = pooled((coarse, stride2 + 1)), pooled((coarse + 1, stride2))
+    assert not torch.allclose(other_fine[0], base[0]) and torch.equal(other_fine[1], base[1])
+    assert torch.equal(other_coarse[0], base[0]) and not torch.allclose(other_coarse[1], base[1])
 
 
 @pytest.mark.parametrize("balanced", [False, True])

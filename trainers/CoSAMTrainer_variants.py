@@ -58,6 +58,17 @@ class CoSAMTrainerSmall_centreMatch(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, centre_match_below=10.0))
 
 
+class CoSAMTrainerSmall_fineRoI(CoSAMTrainerSmall):
+    """Proposals under 16 px (long side of the union box) are RoI-pooled from a stride-2 level (the
+    backbone's top-down path continued to stride 2, `fine_roi_below`): at stride 4 a 6 px node covers
+    1-2 cells of the 5 x 5 RoI grid."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, fine_roi_below=16.0))
+
+
 class CoSAMTrainerSmall_matchMargin4(CoSAMTrainerSmall):
     """Proposals match nodes by the IoU of boxes grown by 4 px (one stride) instead of 2: stage 1's
     8 px box around a 3 px node (grown IoU 0.47) becomes a positive for stage 2, the CCM and U-SAM,

@@ -9,6 +9,7 @@ class DetectorConfig:
     feature_dim: int = 128               # per-slice feature map at stride 4
     roi_size: int = 7
     roi_sampling_ratio: int = 2          # bilinear samples per RoI bin and axis (torchvision's roi_align)
+    fine_roi_below: float = 0.0          # px (0: off): proposals smaller than this are RoI-pooled at stride 2
     token_dim: int = 256
     encoder_layers: int = 2
     decoder_layers: int = 2

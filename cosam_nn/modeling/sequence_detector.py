@@ -9,7 +9,8 @@ Stage 2: each proposal's box on each slice is RoI-pooled from that slice's featu
 (`torchvision.ops.roi_align`, eq. 1), the L pooled features become L tokens, the sequence
 features (eq. 2), a transformer encoder relates them (eq. 3), and a decoder with learnable queries
 (eq. 4), one per slice and one class query, refines the box and presence per slice and scores the
-proposal. The class token is the proposal's sequence feature handed to the CCM.
+proposal. The class token is the proposal's sequence feature handed to the CCM. Optionally
+(`fine_roi_below`) small proposals are pooled from a stride-2 level of the backbone instead.
 
 Matching: stage 1 assigns a grid location's anchor to the smallest node whose union box (over the
 window) has its centre region around that location (within max(stride, 0.3 x size) of the centre)
@@ -29,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
 
-from cosam_nn.modeling.backbone import SliceBackbone, SliceFeatureCache, run_per_slice
+from cosam_nn.modeling.backbone import SliceBackbone, SliceFeatureCache, run_per_slice, split_levels
 from cosam_nn.modeling.config import DetectorConfig
 from cosam_nn.node_geometry import union_boxes
 
@@ -202,7 +203,7 @@ class SequenceDetector(nn.Module):
         super().__init__()
         self.cfg = cfg
         length, c, d = cfg.window, cfg.feature_dim, cfg.token_dim
-        self.backbone = SliceBackbone(cfg.channels, c)
+        self.backbone = SliceBackbone(cfg.channels, c, fine=cfg.fine_roi_below > 0)
         self.proposal_head = ProposalHead(length, c, len(cfg.anchor_sizes))
         self.dense_head = nn.Conv2d(c, 1, 1)  # auxiliary: is this cell inside a node's box on its slice?
         nn.init.constant_(self.dense_head.bias, PRIOR_LOGIT)
@@ -325,13 +326,15 @@ class SequenceDetector(nn.Module):
         return torch.logit(torch.sqrt(objectness.sigmoid() * dense.sigmoid()), eps=1e-6)
 
     def _stage1(self, window, targets=None):
-        """Backbone features (B, L, C, h, w), stage 1's maps, the anchors, and the scores by which
-        its proposals are ranked (the objectness, or at inference with dense_ranking, `_dense_ranking`)."""
-        feats = run_per_slice(self.backbone, window, self._cache_for(window, targets))
+        """Backbone features (stride 4 (B, L, C, h, w), stride 2 (B, L, C, 2h, 2w) or None), stage 1's
+        maps, the anchors, and the scores by which its proposals are ranked (the objectness, or at
+        inference with dense_ranking, `_dense_ranking`)."""
+        feats, fine = split_levels(run_per_slice(self.backbone, window, self._cache_for(window, targets)),
+                                   self.cfg.feature_dim)
         objectness, deltas, presence = self.proposal_head(feats)
         anchors = self._anchors(feats.shape[-2], feats.shape[-1], window.shape[-2:], window.device)
         rank = self._dense_ranking(objectness, feats) if targets is None and self.cfg.dense_ranking else objectness
-        return feats, objectness, deltas, presence, anchors, rank
+        return (feats, fine), objectness, deltas, presence, anchors, rank
 
     @torch.no_grad()
     def _screen(self, objectness, deltas, presence, anchors, image_hw, keep, pre_nms_top_k=None, nms_iou=None):
@@ -399,19 +402,15 @@ class SequenceDetector(nn.Module):
             boxes[b, :k], present[b, :k], valid[b, :k] = p.boxes[:k], p.present[:k], True
         return boxes, present, valid
 
-    def _stage2(self, feats, boxes, present, image_hw):
-        """feats (B, L, C, h, w); boxes (B, N, L, 4) -> refined boxes, presence, score logits, seq features."""
+    def _stage2(self, levels, boxes, present, image_hw):
+        """levels: features at stride 4 (B, L, C, h, w) and 2 (or None); boxes (B, N, L, 4) -> refined
+        boxes, presence, score logits, seq features."""
         b, n, length, _ = boxes.shape
         union = union_boxes(boxes.flatten(0, 1), present.flatten(0, 1)).view(b, n, 1, 4)
         rois = torch.where(present.unsqueeze(-1), boxes, union.expand_as(boxes))  # (B, N, L, 4)
         rois = torch.where((rois[..., 2:] - rois[..., :2]).amin(-1, keepdim=True) > 0, rois,
                            rois + torch.tensor([0.0, 0.0, 1.0, 1.0], device=rois.device))
-        image_index = (torch.arange(b, device=rois.device).view(b, 1, 1) * length
-                       + torch.arange(length, device=rois.device).view(1, 1, length)).expand(b, n, length)
-        scale = feats.shape[-1] / image_hw[1]
-        pooled = roi_align(feats.flatten(0, 1), torch.cat([image_index.reshape(-1, 1).float(), rois.reshape(-1, 4)], 1),
-                           self.cfg.roi_size, spatial_scale=scale, sampling_ratio=self.cfg.roi_sampling_ratio,
-                           aligned=True)
+        pooled = self._pool(levels, rois, union.view(b, n, 4), image_hw)
         hw = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], device=rois.device, dtype=rois.dtype)
         tokens = (self.roi_embed(pooled).view(b * n, length, -1) + self.slice_embed
                   + self.box_embed(rois.reshape(b * n, length, 4) / hw)
@@ -423,6 +422,28 @@ class SequenceDetector(nn.Module):
         presence = self.presence_head(out[:, :length]).view(b, n, length)
         scores = self.class_head(out[:, length]).view(b, n)
         return refined, deltas, rois, presence, scores, out[:, length].view(b, n, -1)
+
+    def _pool(self, levels, rois, union, image_hw):
+        """RoI features (B * N * L, C, roi_size, roi_size) of rois (B, N, L, 4); with a stride-2 level,
+        a proposal whose union box (B, N, 4) is under `fine_roi_below` px on both axes is pooled there:
+        a 6 px node covers 1-2 cells at stride 4."""
+        feats, fine = levels
+        b, n, length, _ = rois.shape
+        image_index = (torch.arange(b, device=rois.device).view(b, 1, 1) * length
+                       + torch.arange(length, device=rois.device).view(1, 1, length)).expand(b, n, length)
+        rois = torch.cat([image_index.reshape(-1, 1).to(rois.dtype), rois.reshape(-1, 4)], 1)
+        scale = feats.shape[-1] / image_hw[1]
+        pooled = roi_align(feats.flatten(0, 1), rois, self.cfg.roi_size, spatial_scale=scale,
+                           sampling_ratio=self.cfg.roi_sampling_ratio, aligned=True)
+        if fine is None:
+            return pooled
+        size = (union[..., 2:] - union[..., :2]).amax(-1)  # (B, N)
+        small = (size < self.cfg.fine_roi_below).unsqueeze(-1).expand(b, n, length).reshape(-1)
+        if small.any():
+            pooled = pooled.clone()
+            pooled[small] = roi_align(fine.flatten(0, 1), rois[small], self.cfg.roi_size, spatial_scale=2 * scale,
+                                      sampling_ratio=self.cfg.roi_sampling_ratio, aligned=True).to(pooled.dtype)
+        return pooled
 
     def _stage2_losses(self, refined, deltas, rois, presence, scores, boxes, present, valid, targets):
         cls_t = torch.zeros_like(scores)
@@ -453,17 +474,17 @@ class SequenceDetector(nn.Module):
         b, _, length, h, w = window.shape
         if length != self.cfg.window:
             raise ValueError(f"window of {length} slices given to a detector built for {self.cfg.window}")
-        feats, objectness, deltas, presence, anchors, rank = self._stage1(window, targets)
+        levels, objectness, deltas, presence, anchors, rank = self._stage1(window, targets)
         keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
         proposals = self._screen(rank, deltas, presence, anchors, (h, w), keep)
         losses = {}
         if targets is not None:
             losses.update(self._stage1_losses(objectness, deltas, presence, anchors, targets))
-            losses["rpn_dense"] = self._dense_loss(feats, anchors, targets)
+            losses["rpn_dense"] = self._dense_loss(levels[0], anchors, targets)
             proposals = self._with_true_tubes(proposals, targets)
         n = max(1, max(len(p.scores) for p in proposals))
         boxes, present, valid = self._pad(proposals, n)
-        refined, d2, rois, pres2, scores, seq = self._stage2(feats, boxes, present, (h, w))
+        refined, d2, rois, pres2, scores, seq = self._stage2(levels, boxes, present, (h, w))
         if targets is not None:
             losses.update(self._stage2_losses(refined, d2, rois, pres2, scores, boxes, present, valid, targets))
         scores = torch.where(valid, scores, torch.full_like(scores, PADDING_SCORE_LOGIT))
