@@ -321,7 +321,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRADIENT_CLIP_NORM)
             self.optimizer.step()
         self._iteration += 1
-        parts = {f"{LOSS_PART}{k}": float(v) for k, v in losses.items() if k != "loss"}
+        parts = {f"{LOSS_PART}{k}": float(v.detach()) for k, v in losses.items() if k != "loss"}
         return {"loss": loss.detach().cpu().numpy(), **parts}
 
     def on_train_epoch_end(self, train_outputs):

@@ -61,7 +61,8 @@ class CoSAMTrainerSmall_centreMatch(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_fineRoI(CoSAMTrainerSmall):
     """Proposals under 16 px (long side of the union box) are RoI-pooled from a stride-2 level (the
     backbone's top-down path continued to stride 2, `fine_roi_below`): at stride 4 a 6 px node covers
-    1-2 cells of the 5 x 5 RoI grid."""
+    1-2 cells of the 5 x 5 RoI grid. Level with CoSAMTrainerSmall over five seeds, its point estimates
+    behind on FROC, AP and the nodes under 5 mm (one seed found 1 of 36; bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
