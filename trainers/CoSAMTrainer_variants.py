@@ -50,7 +50,8 @@ class CoSAMTrainerSmall_centreMatch(CoSAMTrainerSmall):
     """Nodes under 10 px (long side of the union box) also match proposals centred on them and at most
     two strides larger (`centre_match_below`): stage 1's 10 px boxes around 3-8 px nodes become
     positives for stage 2, the CCM and U-SAM. Level with CoSAMTrainerSmall on every measure over five
-    seeds (best FROC of any run on three of them, a slow learner on one; bench/RESULTS.md); not adopted."""
+    seeds (best FROC of any run on three of them, a slow learner on one); trained again on another day,
+    behind on FROC and AP (the same seed a slow learner; bench/RESULTS.md). Not adopted."""
 
     @classmethod
     def cosam_config(cls):
@@ -148,7 +149,8 @@ class CoSAMTrainerSmall_moreProposals(CoSAMTrainerSmall):
 
 class CoSAMTrainerSmall_moreStage2Proposals(CoSAMTrainerSmall):
     """Inference: 96 stage-1 proposals per window reach stage 2 instead of 48, still at most 24 boxes sent
-    to U-SAM; training unchanged. More small nodes, but 1.24x the prediction time of a large volume
+    to U-SAM; training unchanged. More small nodes on the models of 2026-11-28, level (small-node point
+    estimates behind) on five models trained 2026-12-06; 1.24x the prediction time of a large volume
     (bench/RESULTS.md)."""
 
     @classmethod
