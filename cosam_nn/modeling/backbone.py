@@ -9,6 +9,11 @@ from torch.nn import functional as F
 from cosam_nn.modeling.common import conv_block, window_slices
 
 
+def _output_conv(dim):
+    """The 3x3 convolution, GroupNorm and ReLU that smooth a pyramid level after its sum."""
+    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(min(8, dim // 4), dim), nn.ReLU(inplace=True))
+
+
 class SliceBackbone(nn.Module):
     """A small U-shaped CNN: slices (N, 1, H, W) -> features (N, feature_dim, H/4, W/4).
 
@@ -27,12 +32,9 @@ class SliceBackbone(nn.Module):
         self.stages = nn.ModuleList([conv_block(1, c1), conv_block(c1, c2, 2), conv_block(c2, c4, 2),
                                      conv_block(c4, c8, 2), conv_block(c8, c8, 2)])
         self.lateral = nn.ModuleList([nn.Conv2d(c, feature_dim, 1) for c in (c4, c8, c8)])
-        self.out = nn.Sequential(nn.Conv2d(feature_dim, feature_dim, 3, padding=1),
-                                 nn.GroupNorm(min(8, feature_dim // 4), feature_dim), nn.ReLU(inplace=True))
+        self.out = _output_conv(feature_dim)
         self.fine_lateral = nn.Conv2d(c2, feature_dim, 1) if fine else None
-        self.fine_out = nn.Sequential(nn.Conv2d(feature_dim, feature_dim, 3, padding=1),
-                                      nn.GroupNorm(min(8, feature_dim // 4), feature_dim),
-                                      nn.ReLU(inplace=True)) if fine else None
+        self.fine_out = _output_conv(feature_dim) if fine else None
 
     def forward(self, x):
         feats = []
