@@ -295,6 +295,27 @@ def test_node_balanced_boxes_let_a_small_node_teach_as_much_as_a_large_one(balan
     assert giou_loss(large + small) == pytest.approx(float(expected), rel=1e-4)
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_node_balanced_dense_loss_lets_a_small_node_weigh_as_much_as_a_large_one(balanced):
+    """A 40 px node covers 100 cells a slice, a 4 px node one. At equal logits every positive cell
+    pulls its logit up equally hard; unweighted the large node's cells pull 100 times the small
+    node's in total, weighted per node each node's cells pull the same."""
+    cfg = replace(CoSAMConfig.small(window=5).detector, node_balanced_dense=balanced)
+    det = SequenceDetector(cfg)
+    with torch.no_grad():  # the dense head's logit is feature channel 0
+        det.dense_head.weight.zero_()
+        det.dense_head.weight[0, 0] = 1.0
+        det.dense_head.bias.zero_()
+    feats = torch.zeros(1, 5, cfg.feature_dim, 16, 16, requires_grad=True)
+    anchors = det._anchors(16, 16, (64, 64), "cpu")
+    det._dense_loss(feats, anchors, [node_boxes(_square_nodes((8, 8, 40), (56, 56, 4)))]).backward()
+    pull = -feats.grad[0, :, 0]  # (L, h, w): how hard each cell's logit is pushed up
+    large, small = pull[:, 2:12, 2:12], pull[:, 14, 14]
+    assert (large > 0).all() and (small > 0).all()
+    ratio = float(large.sum() / small.sum())
+    assert ratio == pytest.approx(1.0 if balanced else 100.0, rel=1e-4)
+
+
 def _square_nodes(*squares, size=64, length=5):
     """A (L, size, size) mask of square nodes (y, x, side) on every slice."""
     mask = torch.zeros(length, size, size)

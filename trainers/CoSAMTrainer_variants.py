@@ -106,6 +106,17 @@ class CoSAMTrainerSmall_nodeBalancedBoxes(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, node_balanced_boxes=True))
 
 
+class CoSAMTrainerSmall_nodeBalancedDense(CoSAMTrainerSmall):
+    """The auxiliary dense loss weighted per node like stage 1's objectness: a 4 px node's one or two
+    cells a slice weigh as much in total as a 20 px node's 25. Its head ranks stage 1's proposals at
+    inference (dense ranking), and small nodes rank below false candidates."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, node_balanced_dense=True))
+
+
 class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
     """Stage 1 with anchors of 4, 8 and 16 px at each location instead of one of 8 px; each node trains
     the anchors of the size nearest its own. Stage 1's boxes barely leave their anchor's size in a

@@ -27,6 +27,7 @@ class DetectorConfig:
     true_tube_copies: int = 1            # jittered copies of each true tube added to the proposals in training
     node_balanced_objectness: bool = True  # each node's stage-1 positives weigh the same in total
     node_balanced_boxes: bool = False    # ... in stage 1's box and presence losses too
+    node_balanced_dense: bool = False    # ... in the auxiliary dense loss (its head ranks proposals)
     feature_cache_mib: int = 256         # CPU inference: backbone features of recent slices (0: off)
 
     def __post_init__(self):
