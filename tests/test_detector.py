@@ -316,6 +316,29 @@ def test_node_balanced_dense_loss_lets_a_small_node_weigh_as_much_as_a_large_one
     assert ratio == pytest.approx(1.0 if balanced else 100.0, rel=1e-4)
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_node_balanced_class_loss_lets_a_small_node_weigh_as_much_as_a_large_one(balanced):
+    """Nine proposals match a 40 px node, one a 4 px node, two match nothing. At equal score logits,
+    unweighted, the large node's proposals pull their scores up nine times as hard in total as the
+    small node's; weighted per node, equally hard, and the negatives are pushed as before."""
+    cfg = replace(CoSAMConfig.small(window=5).detector, node_balanced_class=balanced)
+    det = SequenceDetector(cfg)
+    mask = _square_nodes((8, 8, 40), (56, 56, 4))
+    large = [[8.0 + dx, 8.0 + dy, 48.0 + dx, 48.0 + dy] for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+    boxes = torch.tensor(large + [[56.0, 56, 60, 60], [0, 50, 6, 56], [50, 0, 56, 6]])
+    boxes = boxes[None, :, None].expand(1, 12, 5, 4).contiguous()
+    present = torch.ones(1, 12, 5, dtype=torch.bool)
+    scores = torch.zeros(1, 12, requires_grad=True)
+    losses = det._stage2_losses(boxes, torch.zeros_like(boxes), boxes, torch.zeros(1, 12, 5), scores, boxes,
+                                present, torch.ones(1, 12, dtype=torch.bool), [node_boxes(mask)])
+    losses["det_class"].backward()
+    pull = -scores.grad[0]
+    assert (pull[:10] > 0).all() and (pull[10:] < 0).all()
+    ratio = float(pull[:9].sum() / pull[9])
+    assert ratio == pytest.approx(1.0 if balanced else 9.0, rel=1e-4)
+    assert float(pull[10]) == pytest.approx(-0.5 / 12, rel=1e-4)  # a negative's pull: unchanged
+
+
 def _square_nodes(*squares, size=64, length=5):
     """A (L, size, size) mask of square nodes (y, x, side) on every slice."""
     mask = torch.zeros(length, size, size)

@@ -117,6 +117,17 @@ class CoSAMTrainerSmall_nodeBalancedDense(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, node_balanced_dense=True))
 
 
+class CoSAMTrainerSmall_nodeBalancedClass(CoSAMTrainerSmall):
+    """Stage 2's class loss weighted per node: the proposals matched to one node share the same total
+    weight, so the one or two that match a small node teach the proposal score as much as the dozen
+    around a large one."""
+
+    @classmethod
+    def cosam_config(cls):
+        cfg = super().cosam_config()
+        return replace(cfg, detector=replace(cfg.detector, node_balanced_class=True))
+
+
 class CoSAMTrainerSmall_threeAnchorSizes(CoSAMTrainerSmall):
     """Stage 1 with anchors of 4, 8 and 16 px at each location instead of one of 8 px; each node trains
     the anchors of the size nearest its own. Stage 1's boxes barely leave their anchor's size in a

@@ -28,6 +28,7 @@ class DetectorConfig:
     node_balanced_objectness: bool = True  # each node's stage-1 positives weigh the same in total
     node_balanced_boxes: bool = False    # ... in stage 1's box and presence losses too
     node_balanced_dense: bool = False    # ... in the auxiliary dense loss (its head ranks proposals)
+    node_balanced_class: bool = False    # ... and the proposals matched to each node in stage 2's class loss
     feature_cache_mib: int = 256         # CPU inference: backbone features of recent slices (0: off)
 
     def __post_init__(self):

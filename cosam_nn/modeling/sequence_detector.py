@@ -150,10 +150,10 @@ def jitter_tube(boxes, fraction=0.25):
 
 
 def node_balanced_weights(assigned):
-    """Objectness weights (h, w) from the node index of each location (-1: background): background 1,
-    and each node's locations share the same total, the mean number of locations per node. A large
-    node owns a block of locations, a small one one or two; unweighted, the large nodes' positives
-    would outweigh the small nodes' many times over."""
+    """Weights (any shape) from the node index of each location or proposal (-1: background):
+    background 1, and each node's entries share the same total, the mean number of entries per node.
+    A large node owns a block of stage-1 locations (and matches many stage-2 proposals), a small one
+    one or two; unweighted, the large nodes' positives would outweigh the small nodes' many times over."""
     weights = torch.ones(assigned.shape, device=assigned.device)
     pos = assigned >= 0
     if pos.any():
@@ -470,6 +470,7 @@ class SequenceDetector(nn.Module):
 
     def _stage2_losses(self, refined, deltas, rois, presence, scores, boxes, present, valid, targets):
         cls_t = torch.zeros_like(scores)
+        cls_w = torch.ones_like(scores)
         l1s, gious, pres = [], [], []
         for b, target in enumerate(targets):
             if len(target) == 0:
@@ -481,13 +482,16 @@ class SequenceDetector(nn.Module):
             if not pos.any():
                 continue
             cls_t[b, pos] = 1.0
+            if self.cfg.node_balanced_class:
+                cls_w[b, pos] = node_balanced_weights(best[pos])
             t_boxes, t_present = tb[best[pos]], tp[best[pos]]
             l1, giou = _box_losses(refined[b][pos], deltas[b][pos], t_boxes, rois[b][pos], t_present)
             l1s.append(l1)
             gious.append(giou)
             pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
         zero = refined.sum() * 0.0 + presence.sum() * 0.0
-        cls = F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid])
+        cls = (F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid], weight=cls_w[valid])
+               if self.cfg.node_balanced_class else F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid]))
         return {"det_class": cls,
                 "det_box_l1": torch.stack(l1s).mean() if l1s else zero,
                 "det_box_giou": torch.stack(gious).mean() if gious else zero,
