@@ -109,7 +109,9 @@ class CoSAMTrainerSmall_nodeBalancedBoxes(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_nodeBalancedDense(CoSAMTrainerSmall):
     """The auxiliary dense loss weighted per node like stage 1's objectness: a 4 px node's one or two
     cells a slice weigh as much in total as a 20 px node's 25. Its head ranks stage 1's proposals at
-    inference (dense ranking), and small nodes rank below false candidates."""
+    inference (dense ranking), and small nodes rank below false candidates. Level over five seeds,
+    small-node measures behind on intervals over cases only (FROC < 5 mm -0.050; bench/RESULTS.md);
+    not adopted."""
 
     @classmethod
     def cosam_config(cls):
@@ -120,7 +122,9 @@ class CoSAMTrainerSmall_nodeBalancedDense(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_nodeBalancedClass(CoSAMTrainerSmall):
     """Stage 2's class loss weighted per node: the proposals matched to one node share the same total
     weight, so the one or two that match a small node teach the proposal score as much as the dozen
-    around a large one."""
+    around a large one. Level over ten seeds, behind on FROC, AP@0.1 and sensitivity under 5 mm on
+    intervals over cases only, and small-node results three times as variable between seeds (one seed
+    kept no small node; bench/RESULTS.md); not adopted."""
 
     @classmethod
     def cosam_config(cls):
