@@ -306,7 +306,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
             losses = self.network(data, labels, self.phase)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            parts = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+            parts = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
             raise FloatingPointError(f"non-finite loss at epoch {self.current_epoch}, iteration {self._iteration} "
                                      f"({self.phase} phase): {parts}. Not training through it; resume from the "
                                      f"last checkpoint with --c after fixing the cause (lower learning rate, data).")
