@@ -127,13 +127,17 @@ def node_balanced_cell_weights(cells):
     cells share the same total, the mean number of cells per node (a cell of two nodes takes the
     larger weight). A 20 px node covers about 25 cells a slice, a 4 px node one to four: unweighted,
     the dense head, by which inference ranks stage 1's proposals, learns mostly large nodes."""
-    counts = cells.flatten(0, 2).sum(0).float()  # (N,)
-    present = counts > 0
-    if not present.any():
+    if not cells.any():
         return torch.ones(cells.shape[:3], device=cells.device)
-    per_cell = torch.where(present, counts[present].mean() / counts.clamp(min=1), torch.zeros_like(counts))
-    weights = (cells.float() * per_cell).amax(-1)
+    weights = (cells.float() * _node_shares(cells.flatten(0, 2).sum(0).float())).amax(-1)
     return torch.where(cells.any(-1), weights, torch.ones_like(weights))
+
+
+def _node_shares(counts):
+    """Per node (N,), the weight of each of its `counts` entries that gives every node with entries the
+    same total, the mean count of those nodes; 0 for nodes without entries."""
+    present = counts > 0
+    return torch.where(present, counts[present].mean() / counts.clamp(min=1), torch.zeros_like(counts))
 
 
 def jitter_tube(boxes, fraction=0.25):
@@ -157,10 +161,7 @@ def node_balanced_weights(assigned):
     weights = torch.ones(assigned.shape, device=assigned.device)
     pos = assigned >= 0
     if pos.any():
-        counts = torch.bincount(assigned[pos]).float()
-        present = counts > 0
-        mean = counts[present].mean()
-        weights[pos] = mean / counts[assigned[pos]]
+        weights[pos] = _node_shares(torch.bincount(assigned[pos]).float())[assigned[pos]]
     return weights
 
 
@@ -490,8 +491,7 @@ class SequenceDetector(nn.Module):
             gious.append(giou)
             pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
         zero = refined.sum() * 0.0 + presence.sum() * 0.0
-        cls = (F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid], weight=cls_w[valid])
-               if self.cfg.node_balanced_class else F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid]))
+        cls = F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid], weight=cls_w[valid])
         return {"det_class": cls,
                 "det_box_l1": torch.stack(l1s).mean() if l1s else zero,
                 "det_box_giou": torch.stack(gious).mean() if gious else zero,
