@@ -83,6 +83,31 @@ def test_symmetric_masks_keep_usams_outline_where_the_default_grows_it():
     assert areas[False] > areas[True]
 
 
+def test_flat_masks_keep_the_outline_and_give_every_mask_pixel_the_score():
+    from cosam_nn.modeling.cosam import Candidates
+    # two kept boxes on slice 0, soft U-SAM masks (a ramp from the centre): most pixels of each mask lie
+    # below its cap, so the capped paste's mean probability over a mask is below the detection's score
+    yy, xx = torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="ij")
+    ramp = 6.0 - ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt() / 2  # > 0 within 12 px of the centre
+    scores = torch.tensor([0.9, 0.7])
+    cand = Candidates(boxes=torch.zeros(2, 5, 4), present=torch.tensor([[True] + [False] * 4] * 2), scores=scores,
+                      masks=torch.stack([ramp, ramp]), owner=torch.tensor([0, 1]), slice_id=torch.tensor([0, 0]),
+                      regions=torch.tensor([[0.0, 0, 32, 32], [40.0, 40, 72, 72]]))
+    pasted = {}
+    for flat in (False, True):
+        model = CoSAM(replace(CoSAMConfig.small(window=5), flat_masks=flat))
+        fg = torch.full((5, 80, 80), BACKGROUND_LOGIT)
+        model.paste(fg, cand, torch.tensor([0, 1]))
+        pasted[flat] = fg
+    assert torch.equal(pasted[True] > 0, pasted[False] > 0)  # the same outline
+    for region, score in ((slice(0, 32), 0.9), (slice(40, 72), 0.7)):
+        inside = pasted[True][0, region, region] > 0
+        assert inside.sum() > 20
+        torch.testing.assert_close(pasted[True][0, region, region][inside].sigmoid().mean(), torch.tensor(score))
+        assert pasted[False][0, region, region][inside].sigmoid().mean() < score - 0.02
+        assert torch.all(pasted[True][0, region, region][~inside] == -torch.logit(torch.tensor(score)))
+
+
 def test_paper_size_trains_a_step_and_detects():
     """The paper-size model (ViT-B U-SAM on 224-pixel crops, 256-channel detector) through one training
     step of each phase and one inference, on one small window with few crops: shape or config bugs at

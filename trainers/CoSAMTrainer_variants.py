@@ -282,3 +282,12 @@ class CoSAMTrainerSmall_backgroundFloor(CoSAMTrainerSmall):
     @classmethod
     def cosam_config(cls):
         return replace(super().cosam_config(), symmetric_masks=False)
+
+
+class CoSAMTrainerSmall_flatMasks(CoSAMTrainerSmall):
+    """Inference: every pixel of a kept mask takes its detection's score (as a logit), so that a node's
+    mean probability, by which the evaluation and the reports rank nodes, is its score (`flat_masks`)."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), flat_masks=True)

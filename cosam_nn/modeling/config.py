@@ -78,6 +78,7 @@ class CoSAMConfig:
     train_slices_per_proposal: int = 2   # of a proposal's slices, how many U-SAM segments in training
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
     symmetric_masks: bool = True         # inference: a mask's background side as low as -its score's logit
+    flat_masks: bool = False             # inference: a mask's inside at its score's logit (node mean probability = score)
 
     @classmethod
     def paper(cls, window=9):

@@ -168,13 +168,17 @@ class CoSAM(nn.Module):
 
         The mask's background side is floored at BACKGROUND_LOGIT, or with `symmetric_masks` at minus
         the cap, which keeps the outline where U-SAM put it when nnU-Net resamples and averages logits.
+        With `flat_masks` every pixel of the mask takes the cap and every other pixel of its crop the
+        floor: the outline is the same, and a node's mean probability is its detection score, however
+        few of its pixels lie deep inside U-SAM's mask (a small node's are mostly edge pixels).
         """
         cap = score_logit_cap(cand.scores)
         canvas = torch.full_like(fg, -float("inf"))
         for m in torch.nonzero(torch.isin(cand.owner, kept)).squeeze(1).tolist():
             top = float(cap[cand.owner[m]])
             floor = -top if self.cfg.symmetric_masks else BACKGROUND_LOGIT
-            paste_crop(canvas[cand.slice_id[m]], cand.masks[m].clamp(floor, top), cand.regions[m])
+            paste_crop(canvas[cand.slice_id[m]], cand.masks[m].clamp(floor, top), cand.regions[m],
+                       levels=(floor, top) if self.cfg.flat_masks else None)
         covered = torch.isfinite(canvas)
         fg[covered] = canvas[covered]
 
