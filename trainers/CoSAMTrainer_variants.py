@@ -286,7 +286,10 @@ class CoSAMTrainerSmall_backgroundFloor(CoSAMTrainerSmall):
 
 class CoSAMTrainerSmall_flatMasks(CoSAMTrainerSmall):
     """Inference: every pixel of a kept mask takes its detection's score (as a logit), so that a node's
-    mean probability, by which the evaluation and the reports rank nodes, is its score (`flat_masks`)."""
+    mean probability, by which the evaluation and the reports rank nodes, is its score (`flat_masks`).
+    Behind CoSAMTrainerSmall on FROC and AP over ten seeds (same weights; bench/RESULTS.md): the soft
+    mask's mean also says how solidly U-SAM segmented a candidate, and specks and fragments, low by it,
+    rose to their detection's score. Not adopted."""
 
     @classmethod
     def cosam_config(cls):
