@@ -170,7 +170,8 @@ class CoSAM(nn.Module):
         the cap, which keeps the outline where U-SAM put it when nnU-Net resamples and averages logits.
         With `flat_masks` every pixel of the mask takes the cap and every other pixel of its crop the
         floor: the outline is the same, and a node's mean probability is its detection score, however
-        few of its pixels lie deep inside U-SAM's mask (a small node's are mostly edge pixels).
+        few of its pixels lie deep inside U-SAM's mask. Off: it ranked specks and fragments up with
+        their detection and lost FROC and AP (bench/RESULTS.md).
         """
         cap = score_logit_cap(cand.scores)
         canvas = torch.full_like(fg, -float("inf"))
