@@ -21,7 +21,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from cosam_nn.evaluation.evaluate import evaluate_case, load_foreground_probabilities
-from cosam_nn.evaluation.node_measures import node_diameters
 from cosam_nn.node_geometry import label_nodes
 
 
@@ -49,23 +48,25 @@ def band_name(value, edges):
 
 
 def small_nodes(image_path, label_path, pred_paths, small_mm, edge_slices, edge_px):
-    """Rows (case, voxels, mean value, position, found per run) of one case's nodes under small_mm."""
+    """Rows (voxels, mean value, position, found per run) of one case's nodes under small_mm short axis
+    (as the evaluation measures it); pred_paths: one prediction per run, at least one."""
     label = sitk.ReadImage(label_path)
     ref = sitk.GetArrayFromImage(label) > 0
     image = sitk.GetArrayFromImage(sitk.ReadImage(image_path)).astype(float)
     spacing = label.GetSpacing()[::-1]
-    found = []
+    results = []
     for path in pred_paths:
         pred = sitk.GetArrayFromImage(sitk.ReadImage(path)) > 0
         npz = path[: -len(".nii.gz")] + ".npz"
         probs = load_foreground_probabilities(npz, ref.shape) if os.path.isfile(npz) else None
-        found.append(evaluate_case(ref, pred, spacing, probs)["matches"][0.1].found)
-    instances, n = label_nodes(ref)
+        results.append(evaluate_case(ref, pred, spacing, probs))
+    found = [r["matches"][0.1].found for r in results]
+    instances, _ = label_nodes(ref)  # numbered as evaluate_case numbers the reference nodes
     rows = []
-    for k in range(n):
-        mask = instances == k + 1
-        if node_diameters(mask, spacing)[1] >= small_mm:
+    for k, short_axis in enumerate(results[0]["short_axes_mm"]):
+        if short_axis >= small_mm:
             continue
+        mask = instances == k + 1
         rows.append((int(mask.sum()), float(image[mask].mean()), node_position(mask, edge_slices, edge_px),
                      [bool(f[k]) for f in found]))
     return rows
