@@ -116,3 +116,18 @@ def test_bad_test_split_options_are_refused(tmp_path, args):
     with pytest.raises(SystemExit):
         synth_main([str(tmp_path / "syn"), "--cases", "4", *args])
     assert not os.path.exists(tmp_path / "syn")
+
+
+def test_benign_nodes_come_with_the_same_image_and_apart_from_the_metastatic_ones():
+    """with_benign changes nothing drawn: same image, same metastatic nodes; the benign nodes (3-9 per
+    case, unlabelled) touch no metastatic voxel and are smaller than 6 mm across."""
+    from cosam_nn.data.synthetic import make_case
+    img, instances = make_case(SHAPE, SPACING, np.random.default_rng(5))
+    img2, instances2, benign = make_case(SHAPE, SPACING, np.random.default_rng(5), with_benign=True)
+    np.testing.assert_array_equal(img, img2)
+    np.testing.assert_array_equal(instances, instances2)
+    ids = [i for i in np.unique(benign) if i]
+    assert 1 <= len(ids) <= 9 and not (benign.astype(bool) & instances.astype(bool)).any()
+    for i in ids:
+        extent = [s.stop - s.start for s in ndimage.find_objects((benign == i).astype(np.uint8))[0]]
+        assert max(e * s for e, s in zip(extent, SPACING)) <= 6.0 + 2 * max(SPACING)

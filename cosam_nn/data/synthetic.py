@@ -224,11 +224,13 @@ def _node_centre(cv, rect, side_wall, diameter, lateral):
     return z, cy + dist * np.sin(angle), cx + dist * np.cos(angle)
 
 
-def make_case(shape, spacing, rng, node_free=False):
+def make_case(shape, spacing, rng, node_free=False, with_benign=False):
     """One synthetic case; node_free: no metastatic node (benign nodes and distractors as usual).
 
     Returns img (Z, Y, X) int16 HU and instances (Z, Y, X) uint8: 0 background, 1..n one per
-    metastatic node (benign nodes and distractors are 0).
+    metastatic node (benign nodes and distractors are 0); with_benign: also the benign nodes' instances
+    (same form), which no label holds (bench/phantom_separability.py measures them). The image is the
+    same either way.
     """
     cv = _Canvas(shape, spacing, rng)
     _body(cv)
@@ -236,14 +238,20 @@ def make_case(shape, spacing, rng, node_free=False):
     side_wall = _distractors(cv, rect)
     occupied = np.zeros(shape, dtype=bool)
     metastatic = _place_nodes(cv, rect, side_wall, occupied, metastatic=True, count=0 if node_free else None)
-    _place_nodes(cv, rect, side_wall, occupied, metastatic=False)
-    instances = np.zeros(shape, dtype=np.uint8)
-    for label_id, (sl, mask, _) in enumerate(metastatic, start=1):
-        instances[sl][mask] = label_id
+    benign = _place_nodes(cv, rect, side_wall, occupied, metastatic=False)
+    instances = _instances(shape, metastatic)
     img = ndimage.gaussian_filter(cv.img, sigma=(0.4, 0.6, 0.6))
     noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7)
     img += noise * (rng.uniform(12, 18) / (noise.std() + 1e-6))
-    return np.clip(np.round(img), -1024, 3071).astype(np.int16), instances
+    img = np.clip(np.round(img), -1024, 3071).astype(np.int16)
+    return (img, instances, _instances(shape, benign)) if with_benign else (img, instances)
+
+
+def _instances(shape, nodes):
+    instances = np.zeros(shape, dtype=np.uint8)
+    for label_id, (sl, mask, _) in enumerate(nodes, start=1):
+        instances[sl][mask] = label_id
+    return instances
 
 
 def node_rows(case, instances):
