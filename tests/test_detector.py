@@ -8,7 +8,8 @@ from blobs import blob_windows
 from cosam_nn.modeling.backbone import SliceBackbone, split_levels
 from cosam_nn.modeling.config import CoSAMConfig, DetectorConfig
 from cosam_nn.modeling.sequence_detector import (SequenceDetector, decode_boxes, dense_targets, encode_boxes,
-                                                 jitter_tube, match_iou, match_quality, peak_tubes)
+                                                 jitter_tube, match_iou,
+                                                 match_quality)
 from cosam_nn.node_geometry import node_boxes
 
 
@@ -208,43 +209,6 @@ def test_dense_ranking_lets_the_dense_head_pick_the_proposals(dense_ranking):
         box = det(torch.randn(1, 1, 5, 32, 32))["proposals"][0].boxes[0, 2]
     centre = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)  # x, y; cell (row, col) -> centre (4 col + 2, 4 row + 2)
     assert centre == ((26.0, 22.0) if dense_ranking else (6.0, 6.0))
-
-
-@pytest.mark.parametrize("dense_proposals", [0, 3])
-def test_dense_proposals_add_a_box_of_the_dense_heads_cells(dense_proposals):
-    """Objectness prefers cell (1, 1); the dense head marks cells (5, 6) and (5, 7) (a node between two
-    cells that no 8 px anchor fits): with dense proposals the window also gets the box of those two
-    cells, 8 x 4 px, on every slice; nothing else reaches the floor."""
-    cfg = replace(CoSAMConfig.small(window=5).detector, test_proposals=1, dense_ranking=False,
-                  dense_proposals=dense_proposals)
-    det = SequenceDetector(cfg).eval()
-    objectness = torch.full((8, 8), -2.0)
-    objectness[1, 1] = -1.0
-    dense = torch.full((8, 8), -6.0)
-    dense[5, 6], dense[5, 7] = 3.0, 2.0
-    det.proposal_head, det.dense_head = _FixedMaps(objectness, window=5), _FixedMaps(dense)
-    with torch.no_grad():
-        out = det(torch.randn(1, 1, 5, 32, 32))
-    proposals = out["proposals"][0]
-    assert len(proposals.scores) == 1 + (dense_proposals > 0) and out["boxes"].shape[1] == len(proposals.scores)
-    if dense_proposals:
-        torch.testing.assert_close(proposals.boxes[1], torch.tensor([[24.0, 20, 32, 24]]).expand(5, 4))
-        assert proposals.present[1].all()
-
-
-def test_peak_tubes_follow_the_peak_from_slice_to_slice():
-    """A node at cell (3, 4) on slices 1-2, wider on slice 2 (cell (3, 5) at half the peak); a dim cell
-    (under half the peak) and a cell 3 cells away are left out; slices 0, 3, 4 are not present and
-    carry the union box."""
-    prob = torch.zeros(5, 8, 8)
-    prob[1, 3, 4], prob[2, 3, 4], prob[2, 3, 5] = 0.8, 0.6, 0.4
-    prob[1, 2, 4] = 0.3
-    prob[2, 3, 7] = 0.9
-    boxes, present = peak_tubes(prob, torch.tensor([3]), torch.tensor([4]), stride=4)
-    assert present[0].tolist() == [False, True, True, False, False]
-    torch.testing.assert_close(boxes[0, 1], torch.tensor([16.0, 12, 20, 16]))
-    torch.testing.assert_close(boxes[0, 2], torch.tensor([16.0, 12, 24, 16]))
-    torch.testing.assert_close(boxes[0, 0], torch.tensor([16.0, 12, 24, 16]))
 
 
 @pytest.mark.parametrize("ratio", [1, 2])

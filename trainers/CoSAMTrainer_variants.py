@@ -304,13 +304,3 @@ class CoSAMTrainerSmall_wideCalibration(CoSAMTrainerSmall):
     to 0.8 and none below 0.3: level with seeds resampled, behind on FROC, AP and the small nodes over
     these models (bench/RESULTS.md). Not adopted."""
     calibration_thresholds = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9)
-
-
-class CoSAMTrainerSmall_denseProposals(CoSAMTrainerSmall):
-    """Inference: up to 12 more proposals per window, boxes of the dense head's cells around its peaks
-    (`dense_proposals`), for the small nodes no anchor's box fits; training unchanged."""
-
-    @classmethod
-    def cosam_config(cls):
-        cfg = super().cosam_config()
-        return replace(cfg, detector=replace(cfg.detector, dense_proposals=12))

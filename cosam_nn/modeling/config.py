@@ -20,8 +20,6 @@ class DetectorConfig:
     train_proposals: int = 256
     test_proposals: int = 100
     dense_ranking: bool = True           # inference: rank stage-1 proposals by objectness x the dense head
-    dense_proposals: int = 0             # inference: extra proposals per window around the dense head's peaks
-    dense_proposal_floor: float = 0.05   # ... peaks at least this probable
     proposal_nms_iou: float = 0.7
     positive_iou: float = 0.4            # stage 2: proposal <-> node match, IoU of the boxes grown by match_margin
     match_margin: float = 2.0            # px on each side: a 1 px miss of a 4 px node keeps IoU 0.62, not 0.39

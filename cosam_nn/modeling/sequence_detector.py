@@ -165,32 +165,6 @@ def node_balanced_weights(assigned):
     return weights
 
 
-def peak_tubes(prob, ys, xs, stride, reach=2):
-    """Tubes around peaks (ys, xs) (P,) of a window's dense probabilities prob (L, h, w): on each slice,
-    the box (whole cells, in pixels) of the cells within `reach` cells of the peak whose probability is at
-    least half the peak's maximum over the slices; (boxes (P, L, 4), present (P, L)). A slice without such
-    a cell is not present and gets the tube's union box; the peak's best slice is always present."""
-    length, h, w = prob.shape
-    cells = torch.arange(-reach, reach + 1, device=prob.device)
-    gy = (ys[:, None] + cells).clamp(0, h - 1)  # (P, K); clamped repeats change no extent
-    gx = (xs[:, None] + cells).clamp(0, w - 1)
-    patch = prob[:, gy[:, :, None], gx[:, None, :]].permute(1, 0, 2, 3)  # (P, L, K, K)
-    level = patch[:, :, reach, reach].amax(1)
-    on = patch >= level[:, None, None, None] / 2
-    rows, cols = on.any(3), on.any(2)  # (P, L, K)
-    present = rows.any(2)
-    k = len(cells)
-    first = lambda m: m.float().argmax(-1)
-    last = lambda m: k - 1 - m.flip(-1).float().argmax(-1)
-    y0 = gy.gather(1, first(rows)) * stride
-    y1 = (gy.gather(1, last(rows)) + 1) * stride
-    x0 = gx.gather(1, first(cols)) * stride
-    x1 = (gx.gather(1, last(cols)) + 1) * stride
-    boxes = torch.stack([x0, y0, x1, y1], -1).float()  # (P, L, 4)
-    union = union_boxes(boxes, present)
-    return torch.where(present.unsqueeze(-1), boxes, union.unsqueeze(1).expand_as(boxes)), present
-
-
 @dataclass
 class Proposals:
     """Sequence proposals of one window: boxes (N, L, 4), present (N, L) bool, scores (N,)."""
@@ -371,37 +345,9 @@ class SequenceDetector(nn.Module):
         slice), by which stage-1 proposals are ranked. The dense head learns from every cell a node's
         box overlaps, the objectness from a few cells per node; after a short training the objectness
         of all proposals lies within 0.09-0.2, a weak ranking on its own."""
-        dense = self._dense_probabilities(feats).amax(1).unsqueeze(-1)
-        return torch.logit(torch.sqrt(objectness.sigmoid() * dense), eps=1e-6)
-
-    def _dense_probabilities(self, feats):
-        """The dense head's probability per slice and stride-4 cell (B, L, h, w)."""
         b, length, _, h, w = feats.shape
-        return self.dense_head(feats.flatten(0, 1)).view(b, length, h, w).sigmoid()
-
-    @torch.no_grad()
-    def _with_dense_proposals(self, feats, proposals):
-        """Inference: stage 1's proposals of each window plus up to `dense_proposals` tubes around the
-        dense head's peaks. For most nodes of 2-3.5 mm that stage 1 misses, no anchor's decoded box
-        reaches IoU 0.3 with them (bench/diagnose.py), yet the dense head, trained on every cell a node's
-        box overlaps, often marks them: a box made of those cells fits. A peak is a local maximum (3 x 3
-        cells) of the window's per-cell maximum over its slices, at least `dense_proposal_floor`; its tube
-        holds, on each slice, the cells within 2 of the peak at half its probability or more, as a box of
-        whole cells (slices without such a cell: not present)."""
-        prob = self._dense_probabilities(feats)
-        best = prob.amax(1)
-        peaks = (best == F.max_pool2d(best.unsqueeze(1), 3, 1, 1).squeeze(1)) & (best >= self.cfg.dense_proposal_floor)
-        merged = []
-        for p, window_prob, window_best, window_peaks in zip(proposals, prob, best, peaks):
-            ys, xs = torch.nonzero(window_peaks, as_tuple=True)
-            top = window_best[ys, xs].argsort(descending=True)[: self.cfg.dense_proposals]
-            if len(top) == 0:
-                merged.append(p)
-                continue
-            boxes, present = peak_tubes(window_prob, ys[top], xs[top], self.cfg.stride)
-            merged.append(Proposals(torch.cat([p.boxes, boxes]), torch.cat([p.present, present]),
-                                    torch.cat([p.scores, window_best[ys[top], xs[top]]])))
-        return merged
+        dense = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w).amax(1).unsqueeze(-1)
+        return torch.logit(torch.sqrt(objectness.sigmoid() * dense.sigmoid()), eps=1e-6)
 
     def _stage1(self, window, targets=None):
         """Backbone features (stride 4 (B, L, C, h, w), stride 2 (B, L, C, 2h, 2w) or None), stage 1's
@@ -558,8 +504,6 @@ class SequenceDetector(nn.Module):
         levels, objectness, deltas, presence, anchors, rank = self._stage1(window, targets)
         keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
         proposals = self._screen(rank, deltas, presence, anchors, (h, w), keep)
-        if targets is None and self.cfg.dense_proposals:
-            proposals = self._with_dense_proposals(levels[0], proposals)
         losses = {}
         if targets is not None:
             losses.update(self._stage1_losses(objectness, deltas, presence, anchors, targets))
