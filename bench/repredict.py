@@ -58,7 +58,7 @@ def calibrated_threshold(fold_folder, trainer):
     cases = [(torch.from_numpy(image[None]), torch.from_numpy(label))
              for _, image, label, _ in islice(validation_cases(fold_folder), trainer.calibration_cases)]
     with torch.no_grad():
-        return calibrate(model, cases, patch, trainer.calibration_thresholds)[0]
+        return calibrate(model, cases, patch, trainer.calibration_thresholds, trainer.calibration_recall_weight)[0]
 
 
 def main():

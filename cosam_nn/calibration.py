@@ -10,6 +10,8 @@ cases (a node is found when a kept component touches it; a component touching no
 Dice alone barely notices a few false specks in a case with nodes, so it drifts to the lowest
 threshold of the grid; the F1 makes every false node count. Of thresholds within 0.01 of the best
 score the lowest wins, since it keeps more candidates (sensitivity, FROC) at the same score.
+With `recall_weight` beta the F1 becomes the F-beta score (beta 2: a missed node costs as much as
+four false ones), for a reader who would rather dismiss false candidates than miss a node.
 """
 import numpy as np
 import torch
@@ -107,19 +109,22 @@ def pick_threshold(mean_dice, tolerance=DICE_TOLERANCE):
     return min(t for t, d in mean_dice.items() if d >= best - tolerance)
 
 
-def node_f1(found, nodes, false):
-    """F1 of node detection pooled over cases; 1 when there is nothing to find and nothing found."""
-    total = 2 * found + (nodes - found) + false
-    return 1.0 if total == 0 else 2.0 * found / total
+def node_f_score(found, nodes, false, beta=1.0):
+    """F-beta of node detection pooled over cases (beta 1: F1; beta 2 weighs a missed node as four
+    false ones); 1 when there is nothing to find and nothing found."""
+    weight = beta ** 2
+    total = (1 + weight) * found + weight * (nodes - found) + false
+    return 1.0 if total == 0 else (1 + weight) * found / total
 
 
-def calibrate(model, cases, patch, thresholds):
-    """(best threshold, {threshold: (mean per-case Dice, node F1)}) over cases, an iterable of
-    (image, label). The best: the highest mean Dice + node F1 (within the tolerance, the lowest
-    threshold); the F1 counts each false component, which Dice on cases with nodes barely sees."""
+def calibrate(model, cases, patch, thresholds, recall_weight=1.0):
+    """(best threshold, {threshold: (mean per-case Dice, node F-score)}) over cases, an iterable of
+    (image, label). The best: the highest mean Dice + node F-score (F-beta, beta = recall_weight;
+    within the tolerance, the lowest threshold); the F-score counts each false component, which Dice
+    on cases with nodes barely sees."""
     per_case = [case_counts(model, image, label, patch, thresholds) for image, label in cases]
     if not per_case:
         raise ValueError("no validation cases to calibrate the score threshold on")
     mean_dice = {t: sum(dice_from_counts(*c[t]) for c, _ in per_case) / len(per_case) for t in thresholds}
-    f1 = {t: node_f1(*(sum(n[t][i] for _, n in per_case) for i in range(3))) for t in thresholds}
+    f1 = {t: node_f_score(*(sum(n[t][i] for _, n in per_case) for i in range(3)), recall_weight) for t in thresholds}
     return pick_threshold({t: mean_dice[t] + f1[t] for t in thresholds}), {t: (mean_dice[t], f1[t]) for t in thresholds}

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cosam_nn.calibration import calibrate, dice_from_counts, pick_threshold, tile_starts
+from cosam_nn.calibration import calibrate, dice_from_counts, node_f_score, pick_threshold, tile_starts
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import Candidates, CoSAM
 
@@ -79,6 +79,15 @@ def test_a_false_speck_that_dice_forgives_still_raises_the_threshold(monkeypatch
     best, scores = calibrate(model, [(image, label)], PATCH, (0.3, 0.5))
     assert pick_threshold({t: d for t, (d, _) in scores.items()}) == 0.3
     assert scores[0.3][1] == pytest.approx(2 / 3) and best == 0.5
+    _, recall_weighted = calibrate(model, [(image, label)], PATCH, (0.3, 0.5), recall_weight=2.0)
+    assert recall_weighted[0.3][1] == pytest.approx(5 / 6)  # F2: the false speck weighs a quarter of a miss
+
+
+def test_f2_prefers_finding_both_nodes_with_two_false_ones_to_missing_one():
+    assert node_f_score(1, 2, 0) == pytest.approx(node_f_score(2, 2, 2)) == pytest.approx(2 / 3)  # F1: a tie
+    assert node_f_score(1, 2, 0, beta=2.0) == pytest.approx(5 / 9)
+    assert node_f_score(2, 2, 2, beta=2.0) == pytest.approx(10 / 12)
+    assert node_f_score(0, 0, 0, beta=2.0) == 1.0
 
 
 def test_the_threshold_travels_with_the_weights():

@@ -105,6 +105,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
     windows_inside_image = False         # foreground windows moved to lie inside the image (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
+    calibration_recall_weight = 1.0      # beta of the node F-beta score in the calibration (1: F1)
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -284,11 +285,12 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
         model.eval()
         with self._autocast():
             best, scores = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
-                                     self.configuration_manager.patch_size, self.calibration_thresholds)
+                                     self.configuration_manager.patch_size, self.calibration_thresholds,
+                                     self.calibration_recall_weight)
         model.score_threshold.fill_(best)
-        table = ", ".join(f"{t:g}: {d:.3f} / {f1:.3f}" for t, (d, f1) in scores.items())
+        table = ", ".join(f"{t:g}: {d:.3f} / {f:.3f}" for t, (d, f) in scores.items())
         self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
-                               f"(mean Dice / node F1 by threshold: {table})")
+                               f"(mean Dice / node F{self.calibration_recall_weight:g} by threshold: {table})")
 
     def _calibration_case(self, dataset, key):
         data, seg, _, _ = dataset.load_case(key)
