@@ -5,13 +5,14 @@ is not a calibrated probability, and its scale differs between the two: a fixed 
 variant over the other. After training, each validation volume is cut into non-overlapping
 windows, every candidate that could pass the lowest threshold is segmented once, and each
 threshold of the grid is scored by the mean per-case Dice of the masks it keeps (an empty
-reference and an empty prediction count as Dice 1) plus the F1 of node detection pooled over the
-cases (a node is found when a kept component touches it; a component touching none is false).
-Dice alone barely notices a few false specks in a case with nodes, so it drifts to the lowest
-threshold of the grid; the F1 makes every false node count. Of thresholds within 0.01 of the best
-score the lowest wins, since it keeps more candidates (sensitivity, FROC) at the same score.
-With `recall_weight` beta the F1 becomes the F-beta score (beta 2: a missed node costs as much as
-four false ones), for a reader who would rather dismiss false candidates than miss a node.
+reference and an empty prediction count as Dice 1) plus the F-beta score of node detection pooled
+over the cases (a node is found when a kept component touches it; a component touching none is
+false). Dice alone barely notices a few false specks in a case with nodes, so it drifts to the
+lowest threshold of the grid; the F-score makes every false node count. The trainers use beta 2
+(`calibration_recall_weight`): a missed node costs as much as four false candidates, since N staging
+counts the nodes and a reader dismisses a false candidate more easily than finds a missed node.
+Of thresholds within 0.01 of the best score the lowest wins, since it keeps more candidates
+(sensitivity, FROC) at the same score.
 """
 import numpy as np
 import torch

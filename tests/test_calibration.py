@@ -122,3 +122,25 @@ def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes(monkey
     monkeypatch.setattr(module.dist, "broadcast", lambda tensor, src: sent.append((float(tensor), src)))
     CoSAMTrainer.calibrate_score_threshold(trainer)
     assert sent == [(0.5, 0)]
+
+
+def test_the_trainers_calibrate_on_f2_and_the_f1_variant_on_f1(monkeypatch):
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+    import cosam_nn.trainers.CoSAMTrainer as module
+    from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
+    from cosam_nn.trainers.CoSAMTrainer_variants import CoSAMTrainerSmall, CoSAMTrainerSmall_f1Calibration
+    assert CoSAMTrainer.calibration_recall_weight == CoSAMTrainerSmall.calibration_recall_weight == 2.0
+    assert CoSAMTrainerSmall_f1Calibration.calibration_recall_weight == 1.0
+    seen, logged = [], []
+    monkeypatch.setattr(module, "calibrate", lambda model, cases, patch, thresholds, weight:
+                        (seen.append(weight), (0.4, {0.4: (0.9, 0.8)}))[1])
+    trainer = SimpleNamespace(dataset_class=lambda *a, **k: None, preprocessed_dataset_folder="",
+                              folder_with_segs_from_previous_stage=None, _autocast=nullcontext,
+                              _calibration_case=lambda dataset, key: None,
+                              configuration_manager=SimpleNamespace(patch_size=(5, 32, 32)),
+                              calibration_thresholds=(0.4,), calibration_recall_weight=2.0,
+                              print_to_log_file=lambda *a: logged.append(" ".join(map(str, a))))
+    model = CoSAM(CoSAMConfig.small(window=5))
+    CoSAMTrainer._pick_score_threshold(trainer, model, ["a"])
+    assert seen == [2.0] and model.threshold == pytest.approx(0.4) and "node F2" in logged[0]

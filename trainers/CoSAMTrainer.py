@@ -105,7 +105,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
     windows_inside_image = False         # foreground windows moved to lie inside the image (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
-    calibration_recall_weight = 1.0      # beta of the node F-beta score in the calibration (1: F1)
+    calibration_recall_weight = 2.0      # beta of the node F-beta score in the calibration (2: F2)
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
