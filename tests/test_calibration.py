@@ -129,8 +129,10 @@ def test_the_trainers_calibrate_on_f2_and_the_f1_variant_on_f1(monkeypatch):
     from types import SimpleNamespace
     import cosam_nn.trainers.CoSAMTrainer as module
     from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
-    from cosam_nn.trainers.CoSAMTrainer_variants import CoSAMTrainerSmall, CoSAMTrainerSmall_f1Calibration
+    from cosam_nn.trainers.CoSAMTrainer_variants import (CoSAMTrainer_f1Calibration, CoSAMTrainerSmall,
+                                                         CoSAMTrainerSmall_f1Calibration)
     assert CoSAMTrainer.calibration_recall_weight == CoSAMTrainerSmall.calibration_recall_weight == 2.0
+    assert CoSAMTrainer_f1Calibration.calibration_recall_weight == 1.0
     assert CoSAMTrainerSmall_f1Calibration.calibration_recall_weight == 1.0
     seen, logged = [], []
     monkeypatch.setattr(module, "calibrate", lambda model, cases, patch, thresholds, weight:
