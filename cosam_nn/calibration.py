@@ -127,5 +127,7 @@ def calibrate(model, cases, patch, thresholds, recall_weight=1.0):
     if not per_case:
         raise ValueError("no validation cases to calibrate the score threshold on")
     mean_dice = {t: sum(dice_from_counts(*c[t]) for c, _ in per_case) / len(per_case) for t in thresholds}
-    f1 = {t: node_f_score(*(sum(n[t][i] for _, n in per_case) for i in range(3)), recall_weight) for t in thresholds}
-    return pick_threshold({t: mean_dice[t] + f1[t] for t in thresholds}), {t: (mean_dice[t], f1[t]) for t in thresholds}
+    f_score = {t: node_f_score(*(sum(n[t][i] for _, n in per_case) for i in range(3)), recall_weight)
+               for t in thresholds}
+    return (pick_threshold({t: mean_dice[t] + f_score[t] for t in thresholds}),
+            {t: (mean_dice[t], f_score[t]) for t in thresholds})
