@@ -18,22 +18,20 @@ from scipy import ndimage
 
 from compare import SEED_DATA, SETTINGS
 from cosam_nn.data import synthetic
-from cosam_nn.data.splits import split_cases
 from cosam_nn.evaluation.node_measures import node_diameters
 
 SHARES = (0.4, 0.6, 0.8)
 
 
 def benchmark_test_cases(cfg, seed=SEED_DATA):
-    """(name, image, metastatic instances, benign instances) of each test case, as compare.py's data."""
-    names = [synthetic.case_name(i) for i in range(cfg["train_cases"] + cfg["test_cases"])]
-    _, test = split_cases(names, seed, cfg["test_cases"])
-    node_free = synthetic.node_free_test_cases(test, cfg["test_node_free"], seed)
+    """(name, image, metastatic instances, benign instances, spacing) of each test case, as compare.py's
+    data (`synthetic.case_draws`, as `cosam_make_synthetic` draws them)."""
     spacing = synthetic.DEFAULT_SPACING["prln"]
-    for i, name in enumerate(names):
-        if name in test:
-            img, metastatic, benign = synthetic.make_case(cfg["shape"], spacing, np.random.default_rng([seed, i]),
-                                                          node_free=name in node_free, with_benign=True)
+    for name, in_test, node_free, rng in synthetic.case_draws(cfg["train_cases"] + cfg["test_cases"], seed,
+                                                              cfg["test_cases"], cfg["test_node_free"]):
+        if in_test:
+            img, metastatic, benign = synthetic.make_case(cfg["shape"], spacing, rng, node_free=node_free,
+                                                          with_benign=True)
             yield name, img.astype(np.float32), metastatic, benign, spacing
 
 

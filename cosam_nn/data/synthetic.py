@@ -278,6 +278,15 @@ def node_free_test_cases(test, fraction, seed):
     return {test[i] for i in order[:n]}
 
 
+def case_draws(cases, seed, test_cases=None, test_node_free=0.0):
+    """(name, in the test split, node-free, random generator) of each case `generate` draws, in order:
+    the one place that ties a case to its split and its random stream."""
+    names = [case_name(i) for i in range(cases)]
+    _, test = split_cases(names, seed, test_cases)
+    node_free = node_free_test_cases(test, test_node_free, seed)
+    return [(name, name in test, name in node_free, np.random.default_rng([seed, i])) for i, name in enumerate(names)]
+
+
 def generate(out, cases, seed, fmt="prln", shape=None, spacing=None, log=print, test_cases=None, test_node_free=0.0):
     """Write `cases` synthetic cases in layout `fmt` into the folder `out` (must not exist).
 
@@ -286,12 +295,9 @@ def generate(out, cases, seed, fmt="prln", shape=None, spacing=None, log=print, 
     a benchmark's test set holds a known share of node-free scans."""
     shape = tuple(shape or DEFAULT_SHAPE[fmt])
     spacing = tuple(spacing or DEFAULT_SPACING[fmt])
-    names = [case_name(i) for i in range(cases)]
-    train, test = split_cases(names, seed, test_cases)
-    node_free = node_free_test_cases(test, test_node_free, seed)
     rows, splits = [], {k: [] for k in meply_layout.SPLIT_KEYS}
-    for i, name in enumerate(names):
-        img, instances = make_case(shape, spacing, np.random.default_rng([seed, i]), node_free=name in node_free)
+    for i, (name, in_test, node_free, rng) in enumerate(case_draws(cases, seed, test_cases, test_node_free)):
+        img, instances = make_case(shape, spacing, rng, node_free=node_free)
         if fmt == "prln":
             meply_layout.write_prln_case(out, name, img, spacing, (instances > 0).astype(np.uint8))
         else:
@@ -299,7 +305,7 @@ def generate(out, cases, seed, fmt="prln", shape=None, spacing=None, log=print, 
         case_rows = node_rows(name, instances)
         rows += case_rows
         kind = "both" if case_rows else "normal"
-        splits[("test_" if name in test else "train_") + kind].append(name)
+        splits[("test_" if in_test else "train_") + kind].append(name)
         log(f"[{i + 1}/{cases}] {name}: {len(case_rows)} metastatic node(s)")
     if fmt == "prln":
         meply_layout.write_prln_index(out, rows, splits)
