@@ -207,6 +207,23 @@ class CoSAMTrainerSmall_objectnessRanking(CoSAMTrainerSmall):
         return replace(cfg, detector=replace(cfg.detector, dense_ranking=False))
 
 
+class CoSAMTrainerSmall_segmentNMS(CoSAMTrainerSmall):
+    """Inference only: of proposals whose union boxes overlap by IoU > 0.5, only the best-scored is sent
+    to U-SAM (`segment_nms_iou`); training unchanged."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), segment_nms_iou=0.5)
+
+
+class CoSAMTrainerSmall_segmentNMS07(CoSAMTrainerSmall):
+    """As `CoSAMTrainerSmall_segmentNMS` at IoU 0.7."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), segment_nms_iou=0.7)
+
+
 class CoSAMTrainer_cpuCheck(CoSAMTrainer):
     """The paper-size networks (ViT-B U-SAM on 224-pixel crops, 256-channel detector) with a training
     step a CPU can take, for bench/learning_check.py; not a training recipe. Per window U-SAM segments

@@ -118,24 +118,31 @@ class CoSAM(nn.Module):
             self.score_threshold.fill_(float(self.cfg.score_threshold))
 
     def _proposals_to_segment(self, det, b, threshold):
-        """Indices of the proposals of window b worth segmenting, best first.
+        """(indices, present (N, L)) of the proposals of window b worth segmenting, best first.
 
         The final score is sqrt(detector score x CCM probability), so a proposal whose detector
-        score is below threshold^2 can never be kept: it is not segmented at all.
+        score is below threshold^2 can never be kept: it is not segmented at all. With
+        `segment_nms_iou` < 1, a proposal whose union box overlaps a better-scored one's by more is
+        not segmented either: a low threshold otherwise sends U-SAM many near-copies of one
+        candidate, of which the final NMS keeps one.
         """
         scores = det["scores"][b].sigmoid()
         order = scores.argsort(descending=True)[: self.cfg.max_boxes]
         floor = threshold ** 2 if self.ccm is not None else threshold
-        return order[scores[order] >= floor]
+        order = order[scores[order] >= floor]
+        present = det["presence"][b][order].sigmoid() > self.cfg.presence_threshold
+        seen = present.any(1)
+        order, present = order[seen], present[seen]
+        if self.cfg.segment_nms_iou < 1 and len(order) > 1:
+            kept = nms(union_boxes(det["boxes"][b][order], present), scores[order], self.cfg.segment_nms_iou)
+            order, present = order[kept], present[kept]
+        return order, present
 
     def _window_candidates(self, window, det, i, threshold):
         """`Candidates` of window i: its proposals that may reach threshold, segmented and scored."""
         length = window.shape[2]
-        cand = self._proposals_to_segment(det, i, threshold)
-        present = det["presence"][i][cand].sigmoid() > self.cfg.presence_threshold
+        cand, present = self._proposals_to_segment(det, i, threshold)
         boxes = det["boxes"][i][cand]
-        keep = present.any(1)
-        cand, present, boxes = cand[keep], present[keep], boxes[keep]
         scores = det["scores"][i][cand].sigmoid()
         owner, slice_id = torch.nonzero(present, as_tuple=True)
         if len(cand) == 0:
