@@ -146,3 +146,19 @@ def test_nan_voxels_are_replaced_with_a_warning_not_spread():
         logits, _ = model.detect(x)
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits, model.detect(torch.nan_to_num(x, nan=0.0))[0])
+
+
+def test_near_copies_of_a_proposal_are_segmented_once_with_segment_nms():
+    """Of proposals whose union boxes overlap by more than segment_nms_iou only the best-scored is
+    sent to U-SAM; proposals below the threshold's floor or present on no slice never are."""
+    length = 5
+    box = torch.tensor([10.0, 10, 20, 20])
+    boxes = torch.stack([box, box + torch.tensor([1.0, 0, 1, 0]), box + 30, box + 60, box]).repeat(length, 1, 1).transpose(0, 1)
+    det = {"scores": torch.logit(torch.tensor([[0.9, 0.8, 0.7, 0.05, 0.6]])),
+           "presence": torch.full((1, 5, length), 5.0), "boxes": boxes[None]}
+    det["presence"][0, 4] = -5.0  # the last proposal is present nowhere
+    cfg = replace(CoSAMConfig.small(window=length), max_boxes=10)
+    order, present = CoSAM(cfg)._proposals_to_segment(det, 0, threshold=0.5)
+    assert order.tolist() == [0, 1, 2] and present.shape == (3, length) and present.all()
+    order, present = CoSAM(replace(cfg, segment_nms_iou=0.5))._proposals_to_segment(det, 0, threshold=0.5)
+    assert order.tolist() == [0, 2] and present.shape == (2, length)

@@ -216,12 +216,12 @@ class CoSAMTrainerSmall_segmentNMS(CoSAMTrainerSmall):
         return replace(super().cosam_config(), segment_nms_iou=0.5)
 
 
-class CoSAMTrainerSmall_segmentNMS07(CoSAMTrainerSmall):
-    """As `CoSAMTrainerSmall_segmentNMS` at IoU 0.7."""
+class CoSAMTrainerSmall_segmentNMS03(CoSAMTrainerSmall):
+    """As `CoSAMTrainerSmall_segmentNMS` at IoU 0.3 (the final NMS's)."""
 
     @classmethod
     def cosam_config(cls):
-        return replace(super().cosam_config(), segment_nms_iou=0.7)
+        return replace(super().cosam_config(), segment_nms_iou=0.3)
 
 
 class CoSAMTrainer_cpuCheck(CoSAMTrainer):
