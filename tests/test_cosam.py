@@ -157,8 +157,9 @@ def test_near_copies_of_a_proposal_are_segmented_once_with_segment_nms():
     det = {"scores": torch.logit(torch.tensor([[0.9, 0.8, 0.7, 0.05, 0.6]])),
            "presence": torch.full((1, 5, length), 5.0), "boxes": boxes[None]}
     det["presence"][0, 4] = -5.0  # the last proposal is present nowhere
-    cfg = replace(CoSAMConfig.small(window=length), max_boxes=10)
+    cfg = replace(CoSAMConfig.small(window=length), max_boxes=10, segment_nms_iou=1.0)
     order, present = CoSAM(cfg)._proposals_to_segment(det, 0, threshold=0.5)
     assert order.tolist() == [0, 1, 2] and present.shape == (3, length) and present.all()
-    order, present = CoSAM(replace(cfg, segment_nms_iou=0.5))._proposals_to_segment(det, 0, threshold=0.5)
-    assert order.tolist() == [0, 2] and present.shape == (2, length)
+    for nms_iou in (0.5, CoSAMConfig.small().segment_nms_iou, CoSAMConfig.paper().segment_nms_iou):
+        order, present = CoSAM(replace(cfg, segment_nms_iou=nms_iou))._proposals_to_segment(det, 0, threshold=0.5)
+        assert order.tolist() == [0, 2] and present.shape == (2, length)

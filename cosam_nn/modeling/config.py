@@ -72,7 +72,7 @@ class CoSAMConfig:
     presence_threshold: float = 0.5
     nms_iou: float = 0.3
     max_boxes: int = 20                  # boxes sent to U-SAM per window at inference
-    segment_nms_iou: float = 1.0         # inference: of proposals overlapping more (union boxes), only the best is segmented (1: off)
+    segment_nms_iou: float = 0.3         # inference: of proposals overlapping more (union boxes), only the best is segmented (1: all)
     use_ccm: bool = True
     train_true_boxes: int = 8            # jittered true boxes per window for U-SAM (pretrain phase)
     train_proposals_per_window: int = 8  # detector proposals per window for U-SAM and the CCM
