@@ -12,7 +12,9 @@ score, and U-SAM's Dice when prompted with the true box; and the false boxes per
 node size, the size and IoU of stage 1's best-fitting box among all its anchors. Then,
 for the cross-cuts of nodes under --small-mm short axis (measured on the whole node), the stage at
 which each is lost: never proposed (stage 1), rejected at stage 2, scored below the threshold
-(detector x CCM), dropped by NMS or the box limit, or kept.
+(detector x CCM), dropped by NMS or the box limit, or kept. (NMS: before U-SAM, `segment_nms_iou`, on
+the detector's score, or after it on the final score; a matched proposal whose final score would pass
+lands there either way.)
 For the small cross-cuts never proposed, the stage-1 candidates before the cut to `test_proposals`
 tell why: the rank (after NMS, in the detector's inference ranking) of the best-placed candidate at
 union IoU >= 0.3, or that no candidate of the window has one (every anchor decoded, no NMS); and how
