@@ -3,8 +3,8 @@
 The score a detection needs (sqrt(detector x CCM) with the CCM, the detector's alone without)
 is not a calibrated probability, and its scale differs between the two: a fixed 0.5 favours one
 variant over the other. After training, each validation volume is cut into non-overlapping
-windows, every candidate that could pass the lowest threshold is segmented once, and each
-threshold of the grid is scored by the mean per-case Dice of the masks it keeps (an empty
+windows, every candidate that could pass the lowest threshold is segmented once (as in prediction,
+near-copies of a better one are not: `segment_nms_iou`), and each threshold of the grid is scored by the mean per-case Dice of the masks it keeps (an empty
 reference and an empty prediction count as Dice 1) plus the F-beta score of node detection pooled
 over the cases (a node is found when a kept component touches it; a component touching none is
 false). Dice alone barely notices a few false specks in a case with nodes, so it drifts to the

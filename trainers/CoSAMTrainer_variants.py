@@ -320,9 +320,9 @@ class CoSAMTrainer_f1Calibration(CoSAMTrainer):
     """The score threshold picked on mean Dice + node F1, as before F2 became the default: a missed
     node costs as much as a false candidate. For a user who wants fewer candidates and shorter CPU
     runs: on three small models trained four times the benchmark's iterations F1 kept the threshold at
-    0.6-0.7 where F2 picked 0.3, with about half the false candidates, Dice +0.04 to +0.14, under half
-    the CPU time on a large volume, and 0.25-0.31 of the nodes under 5 mm found instead of 0.53-0.61
-    (bench/RESULTS.md)."""
+    0.6-0.7 where F2 picked 0.3, with about half the false candidates, Dice +0.04 to +0.14, and 0.25-0.31
+    of the nodes under 5 mm found instead of 0.53-0.61; a large volume took 175 s at F1's 0.7 (every
+    proposal segmented) against 242 s at F2's 0.3 with `segment_nms_iou` (bench/RESULTS.md)."""
     calibration_recall_weight = 1.0
 
 
