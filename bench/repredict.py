@@ -1,7 +1,7 @@
 """Re-predict finished compare.py runs with an inference-only variant trainer (the same weights), into a
 new folder whose runs.json pair_runs.py pairs with the original.
 
-    python bench/repredict.py WORK VARIANT RUN_ID [RUN_ID ...] --out DEST [--threshold calibrate|keep|T]
+    python bench/repredict.py WORK VARIANT RUN_ID [RUN_ID ...] --out DEST [--threshold calibrate|keep|T] [--tta]
 
 WORK is compare.py's work folder. Each run's checkpoint_final.pth is copied under the variant's name
 (DEST/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0; VARIANT may be the run's own
@@ -9,7 +9,9 @@ trainer, to predict with the code as it is now), its score threshold set, the te
 into DEST/predictions/RUN_ID and scored as compare.py scores them. The threshold:
 `calibrate` (default) picks it with the variant's inference settings on the fold's validation cases, as
 the trainer does after training, so that the comparison is the one a user would see; `keep` keeps the
-run's own (calibrated with the trainer's settings); a number sets it. Then:
+run's own (calibrated with the trainer's settings); a number sets it. `--tta` predicts with nnU-Net's
+mirroring (what `nnUNetv2_predict` does without `--disable_tta`) along the variant's
+`inference_mirror_axes`; the threshold is calibrated without it, as after training. Then:
 `python bench/pair_runs.py WORK DEST --after-tr VARIANT`.
 Only for checkpoints you trained: nnU-Net's checkpoints need torch.load(weights_only=False).
 """
@@ -33,10 +35,10 @@ from cosam_nn.trainer_dir import trainer_dir
 from cosam_nn.trainers.CoSAMTrainer import window_patch
 
 
-def variant_copy(model_folder, checkpoint, target_root, variant, threshold):
+def variant_copy(model_folder, checkpoint, target_root, variant, threshold, mirror_axes):
     """Copy a run's model folder (plans, dataset, and `checkpoint`, its loaded checkpoint_final.pth) into
-    target_root/<dataset>/ under the variant's trainer name, with the given score threshold (set in
-    `checkpoint`); the run's own folder is not touched."""
+    target_root/<dataset>/ under the variant's trainer name, with the given score threshold and test-time
+    flips (set in `checkpoint`); the run's own folder is not touched."""
     trainer = os.path.basename(model_folder).split("__")[0]
     target = os.path.join(target_root, os.path.basename(os.path.dirname(model_folder)),
                           os.path.basename(model_folder).replace(trainer, variant, 1))
@@ -45,6 +47,7 @@ def variant_copy(model_folder, checkpoint, target_root, variant, threshold):
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         shutil.copy(os.path.join(model_folder, name), target)
     checkpoint["trainer_name"] = variant
+    checkpoint["inference_allowed_mirroring_axes"] = mirror_axes
     checkpoint["network_weights"]["score_threshold"] = torch.tensor(float(threshold))
     torch.save(checkpoint, os.path.join(target, "fold_0", "checkpoint_final.pth"))
 
@@ -68,6 +71,7 @@ def main():
     p.add_argument("runs", nargs="+", metavar="RUN_ID")
     p.add_argument("--out", required=True, help="folder for the predictions and runs.json")
     p.add_argument("--threshold", default="calibrate", help="calibrate (default), keep, or a number")
+    p.add_argument("--tta", action="store_true", help="predict with nnU-Net's mirroring (default: --disable_tta)")
     a = p.parse_args()
     trainer = recursive_find_python_class(trainer_dir(), a.variant, "cosam_nn.trainers")
     if not hasattr(trainer, "cosam_config"):
@@ -92,14 +96,15 @@ def main():
         else:
             threshold = own if a.threshold == "keep" else float(a.threshold)
         pipe.env["nnUNet_results"] = os.path.join(a.out, "results", run_id)
-        variant_copy(model_folder, checkpoint, pipe.env["nnUNet_results"], a.variant, threshold)
+        variant_copy(model_folder, checkpoint, pipe.env["nnUNet_results"], a.variant, threshold,
+                     trainer.inference_mirror_axes)
         pred = os.path.join(a.out, "predictions", run_id)
         shutil.rmtree(pred, ignore_errors=True)
-        seconds = pipe.predict(a.variant, pred, probabilities=True)
+        seconds = pipe.predict(a.variant, pred, tta=a.tta, probabilities=True)
         point = scored_point(os.path.join(pipe.raw, "labelsTs"), pred, seconds)
         run["points"][-1] = dict(run["points"][-1], **point)
         run["row"], run["threshold"] = a.variant, threshold
-        print(f"{run_id} with {a.variant}, threshold {threshold:g} (its own {own:g}): "
+        print(f"{run_id} with {a.variant}{' and TTA' if a.tta else ''}, threshold {threshold:g} (its own {own:g}): "
               + ", ".join(f"{k} {v:.3f}" for k, v in point["summary"].items() if v is not None), flush=True)
     os.makedirs(a.out, exist_ok=True)
     keep = {run_id: saved["runs"][run_id] for run_id in a.runs}

@@ -107,6 +107,7 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
     calibration_cases = 20               # validation cases the score threshold is picked on
     calibration_recall_weight = 2.0      # beta of the node F-beta score in the calibration (2: F2)
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
+    inference_mirror_axes = (0, 1, 2)    # nnUNetv2_predict's test-time flips (0: slices); None: no TTA
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -207,8 +208,10 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
 
     # ---- augmentation: the paper's (random crop, flip, contrast) ----------------------------------
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        """No rotation or scaling, so nnU-Net's loader crops the patch itself (the random crop)."""
+        """No rotation or scaling, so nnU-Net's loader crops the patch itself (the random crop). Training
+        flips every axis; prediction (TTA) flips `inference_mirror_axes`, saved in the checkpoint."""
         rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = self.inference_mirror_axes
         return rotation, dummy_2d, self.configuration_manager.patch_size, mirror_axes
 
     @staticmethod

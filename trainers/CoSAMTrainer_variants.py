@@ -331,3 +331,13 @@ class CoSAMTrainerSmall_f1Calibration(CoSAMTrainerSmall):
     120-iteration models F2 moved two thresholds down and found more nodes under 5 mm (+0.022
     [0.009, 0.038] over cases), the other measures level (bench/RESULTS.md)."""
     calibration_recall_weight = 1.0
+
+
+class CoSAMTrainerSmall_ttaSlices(CoSAMTrainerSmall):
+    """Test-time augmentation by flipping the slice order only (2 passes instead of nnU-Net's 8)."""
+    inference_mirror_axes = (0,)
+
+
+class CoSAMTrainerSmall_ttaInPlane(CoSAMTrainerSmall):
+    """Test-time augmentation by the in-plane flips only (4 passes instead of nnU-Net's 8)."""
+    inference_mirror_axes = (1, 2)
