@@ -1,12 +1,13 @@
 """Prediction time and memory of one full-size CT volume on the CPU, per trained model.
 
     python bench/predict_large.py --work bench_work/compare [-tr nnUNetTrainerBudget CoSAMTrainerSmall]
-                                  [--shape 300 512 512] [--run RUN_ID] [-chk CHECKPOINT]
+                                  [--shape 300 512 512] [--run RUN_ID] [-chk CHECKPOINT] [--tta]
 
 Uses the models that `bench/compare.py` trained in its work folder (fold 0, 3d_fullres): with --run,
 the run of that id (compare.py keeps each run in results/RUN_ID), and -chk picks its checkpoint. Writes one
 synthetic volume of --shape (1.25 x 0.7 x 0.7 mm, fixed seed), predicts it with each trainer through
-`nnUNetv2_predict --disable_tta`, and prints wall seconds and the peak resident memory of the largest
+`nnUNetv2_predict --disable_tta` (with --tta: with the test-time flips the checkpoint allows, as
+`nnUNetv2_predict` runs by default), and prints wall seconds and the peak resident memory of the largest
 process. Writes large_predict_ZxYxX.json in the work folder.
 """
 import argparse
@@ -43,6 +44,7 @@ def main():
     p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     p.add_argument("--run", default=None, help="a compare.py run id (its models are in WORK/results/RUN_ID)")
     p.add_argument("-chk", default=None, dest="checkpoint", help="checkpoint file (default checkpoint_final.pth)")
+    p.add_argument("--tta", action="store_true", help="predict with test-time flips (default: --disable_tta)")
     a = p.parse_args()
     pipe = Pipeline(a.work, log=lambda *_: None)
     if a.run:
@@ -51,12 +53,12 @@ def main():
     rows = {}
     for trainer in a.trainers:
         out = os.path.join(pipe.work, f"large_pred_{trainer}")
-        seconds = pipe.predict(trainer, out, images=images, checkpoint=a.checkpoint)
+        seconds = pipe.predict(trainer, out, tta=a.tta, images=images, checkpoint=a.checkpoint)
         rows[trainer] = {"seconds": seconds, "peak_mib": pipe.last_peak_mib}
         print(f"{trainer}: {seconds:.0f} s, peak {pipe.last_peak_mib:.0f} MiB", flush=True)
     header = (f"{time.strftime('%Y-%m-%d')}, {platform.node()} ({os.cpu_count()} CPUs): one synthetic "
-              f"{' x '.join(map(str, a.shape))} volume, nnUNetv2_predict --disable_tta, fold 0 of {a.work}")
-    name = f"large_predict_{'x'.join(map(str, a.shape))}{'_' + a.run if a.run else ''}.json"
+              f"{' x '.join(map(str, a.shape))} volume, nnUNetv2_predict{'' if a.tta else ' --disable_tta'}, fold 0 of {a.work}")
+    name = f"large_predict_{'x'.join(map(str, a.shape))}{'_' + a.run if a.run else ''}{'_tta' if a.tta else ''}.json"
     write_text_atomic(os.path.join(pipe.work, name), json.dumps({"header": header, "rows": rows}, indent=2))
     print(header)
 

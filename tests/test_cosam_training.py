@@ -235,3 +235,16 @@ def test_a_non_finite_loss_stops_training_with_the_parts_named():
     with pytest.raises(FloatingPointError, match=r"epoch 3, iteration 8 \(pretrain phase\): loss nan, detector nan, usam 1"):
         CoSAMTrainer.train_step(trainer, batch)
     assert float(weight.detach()) == stepped and trainer._iteration == 8  # no step was taken
+
+
+def test_prediction_flips_the_axes_the_trainer_names(monkeypatch):
+    """nnU-Net's TTA flips the axes saved as `inference_allowed_mirroring_axes`; training flips all three."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(CoSAMTrainer, "print_to_log_file", lambda self, *args, **kw: None)
+    for cls in (variants.CoSAMTrainerSmall, variants.CoSAMTrainerSmall_ttaSlices, variants.CoSAMTrainerSmall_ttaInPlane):
+        trainer = object.__new__(cls)
+        trainer.configuration_manager = SimpleNamespace(patch_size=[9, 64, 64])
+        _, _, patch, mirror_axes = cls.configure_rotation_dummyDA_mirroring_and_inital_patch_size(trainer)
+        assert tuple(mirror_axes) == (0, 1, 2) and list(patch) == [9, 64, 64]
+        assert trainer.inference_allowed_mirroring_axes == cls.inference_mirror_axes
+    assert variants.CoSAMTrainerSmall_ttaSlices.inference_mirror_axes == (0,)
