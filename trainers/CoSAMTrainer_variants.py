@@ -336,13 +336,14 @@ class CoSAMTrainerSmall_f1Calibration(CoSAMTrainerSmall):
 class CoSAMTrainerSmall_ttaSlices(CoSAMTrainerSmall):
     """`nnUNetv2_predict`'s test-time augmentation flips the slice order only: 2 passes instead of
     nnU-Net's 8. Over the benchmark's ten models (same weights) a fifth to a third of the full TTA's
-    gain on Dice, FROC and AP and half to two thirds of its gain on the nodes under 5 mm (bench/RESULTS.md). The flips are saved
-    in the checkpoint, so they are chosen by the trainer a model was trained with."""
+    gain on Dice, FROC and AP and half to two thirds of its gain on the nodes under 5 mm
+    (bench/RESULTS.md). The flips are saved in the checkpoint, so they are chosen by the trainer a
+    model was trained with."""
     inference_mirror_axes = (0,)
 
 
 class CoSAMTrainerSmall_ttaInPlane(CoSAMTrainerSmall):
-    """Test-time augmentation by the two in-plane flips: 4 passes instead of 8, about 0.6 of the CPU
-    time per case, and three quarters of the full TTA's gain or more on every measure over the
+    """Test-time augmentation by the two in-plane flips: 4 passes instead of 8, about 0.6 of the full
+    TTA's CPU time per case, and three quarters of the full TTA's gain or more on every measure over the
     benchmark's ten models (bench/RESULTS.md)."""
     inference_mirror_axes = (1, 2)
