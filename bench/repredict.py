@@ -6,7 +6,8 @@ new folder whose runs.json pair_runs.py pairs with the original.
 WORK is compare.py's work folder. Each run's checkpoint_final.pth is copied under the variant's name
 (DEST/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0; VARIANT may be the run's own
 trainer, to predict with the code as it is now), its score threshold set, the test cases predicted
-into DEST/predictions/RUN_ID and scored as compare.py scores them. The threshold:
+into DEST/predictions/RUN_ID and scored as compare.py scores them; DEST/runs.json keeps the runs of
+earlier calls into the same DEST (a run predicted again replaces its entry). The threshold:
 `calibrate` (default) picks it with the variant's inference settings on the fold's validation cases, as
 the trainer does after training, so that the comparison is the one a user would see; `keep` keeps the
 run's own (calibrated with the trainer's settings); a number sets it. `--tta` predicts with nnU-Net's
@@ -28,7 +29,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 from compare import scored_point
 from diagnose import load_model, validation_cases
-from cosam_nn.calibration import calibrate
+from cosam_nn.calibration import calibrate, rule_text
 from cosam_nn.data.fileio import write_text_atomic
 from cosam_nn.demo import Pipeline
 from cosam_nn.trainer_dir import trainer_dir
@@ -37,8 +38,9 @@ from cosam_nn.trainers.CoSAMTrainer import window_patch
 
 def variant_copy(model_folder, checkpoint, target_root, variant, threshold, mirror_axes):
     """Copy a run's model folder (plans, dataset, and `checkpoint`, its loaded checkpoint_final.pth) into
-    target_root/<dataset>/ under the variant's trainer name, with the given score threshold and test-time
-    flips (set in `checkpoint`); the run's own folder is not touched."""
+    target_root/<dataset>/ under the variant's trainer name, with the given score threshold (a number, or
+    a calibrated (threshold, small-box threshold) pair) and test-time flips (set in `checkpoint`); the
+    run's own folder is not touched."""
     trainer = os.path.basename(model_folder).split("__")[0]
     target = os.path.join(target_root, os.path.basename(os.path.dirname(model_folder)),
                           os.path.basename(model_folder).replace(trainer, variant, 1))
@@ -48,7 +50,10 @@ def variant_copy(model_folder, checkpoint, target_root, variant, threshold, mirr
         shutil.copy(os.path.join(model_folder, name), target)
     checkpoint["trainer_name"] = variant
     checkpoint["inference_allowed_mirroring_axes"] = mirror_axes
+    threshold, small = threshold if isinstance(threshold, tuple) else (threshold, None)
     checkpoint["network_weights"]["score_threshold"] = torch.tensor(float(threshold))
+    if small is not None:
+        checkpoint["network_weights"]["small_score_threshold"] = torch.tensor(float(small))
     torch.save(checkpoint, os.path.join(target, "fold_0", "checkpoint_final.pth"))
 
 
@@ -83,6 +88,8 @@ def main():
     pipe = Pipeline(a.work, log=lambda *_: None)
     os.environ["nnUNet_preprocessed"] = pipe.env["nnUNet_preprocessed"]
     dataset = os.path.basename(pipe.raw)
+    out_path = os.path.join(a.out, "runs.json")
+    done = load_json(out_path)["runs"] if os.path.isfile(out_path) else {}
     for run_id in a.runs:
         run = saved["runs"].get(run_id)
         if run is None or "points" not in run:
@@ -104,12 +111,10 @@ def main():
         point = scored_point(os.path.join(pipe.raw, "labelsTs"), pred, seconds)
         run["points"][-1] = dict(run["points"][-1], **point)
         run["row"], run["threshold"] = a.variant, threshold
-        print(f"{run_id} with {a.variant}{' and TTA' if a.tta else ''}, threshold {threshold:g} (its own {own:g}): "
+        print(f"{run_id} with {a.variant}{' and TTA' if a.tta else ''}, threshold {rule_text(threshold)} (its own {own:g}): "
               + ", ".join(f"{k} {v:.3f}" for k, v in point["summary"].items() if v is not None), flush=True)
-    os.makedirs(a.out, exist_ok=True)
-    keep = {run_id: saved["runs"][run_id] for run_id in a.runs}
-    write_text_atomic(os.path.join(a.out, "runs.json"), json.dumps({"settings": saved.get("settings"), "runs": keep},
-                                                                   indent=1))
+        done[run_id] = run  # saved after each run, beside the runs of earlier calls into the same DEST
+        write_text_atomic(out_path, json.dumps({"settings": saved.get("settings"), "runs": done}, indent=1))
 
 
 if __name__ == "__main__":
