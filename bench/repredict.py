@@ -29,7 +29,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 from compare import scored_point
 from diagnose import load_model, validation_cases
-from cosam_nn.calibration import calibrate, rule_text
+from cosam_nn.calibration import calibrate
 from cosam_nn.data.fileio import write_text_atomic
 from cosam_nn.demo import Pipeline
 from cosam_nn.trainer_dir import trainer_dir
@@ -38,9 +38,8 @@ from cosam_nn.trainers.CoSAMTrainer import window_patch
 
 def variant_copy(model_folder, checkpoint, target_root, variant, threshold, mirror_axes):
     """Copy a run's model folder (plans, dataset, and `checkpoint`, its loaded checkpoint_final.pth) into
-    target_root/<dataset>/ under the variant's trainer name, with the given score threshold (a number, or
-    a calibrated (threshold, small-box threshold) pair) and test-time flips (set in `checkpoint`); the
-    run's own folder is not touched."""
+    target_root/<dataset>/ under the variant's trainer name, with the given score threshold and test-time
+    flips (set in `checkpoint`); the run's own folder is not touched."""
     trainer = os.path.basename(model_folder).split("__")[0]
     target = os.path.join(target_root, os.path.basename(os.path.dirname(model_folder)),
                           os.path.basename(model_folder).replace(trainer, variant, 1))
@@ -50,10 +49,7 @@ def variant_copy(model_folder, checkpoint, target_root, variant, threshold, mirr
         shutil.copy(os.path.join(model_folder, name), target)
     checkpoint["trainer_name"] = variant
     checkpoint["inference_allowed_mirroring_axes"] = mirror_axes
-    threshold, small = threshold if isinstance(threshold, tuple) else (threshold, None)
     checkpoint["network_weights"]["score_threshold"] = torch.tensor(float(threshold))
-    if small is not None:
-        checkpoint["network_weights"]["small_score_threshold"] = torch.tensor(float(small))
     torch.save(checkpoint, os.path.join(target, "fold_0", "checkpoint_final.pth"))
 
 
@@ -111,7 +107,7 @@ def main():
         point = scored_point(os.path.join(pipe.raw, "labelsTs"), pred, seconds)
         run["points"][-1] = dict(run["points"][-1], **point)
         run["row"], run["threshold"] = a.variant, threshold
-        print(f"{run_id} with {a.variant}{' and TTA' if a.tta else ''}, threshold {rule_text(threshold)} (its own {own:g}): "
+        print(f"{run_id} with {a.variant}{' and TTA' if a.tta else ''}, threshold {threshold:g} (its own {own:g}): "
               + ", ".join(f"{k} {v:.3f}" for k, v in point["summary"].items() if v is not None), flush=True)
         done[run_id] = run  # saved after each run, beside the runs of earlier calls into the same DEST
         write_text_atomic(out_path, json.dumps({"settings": saved.get("settings"), "runs": done}, indent=1))

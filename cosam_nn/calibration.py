@@ -48,36 +48,13 @@ def _padded(image, patch):
     return torch.nn.functional.pad(image[None], (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")[0]
 
 
-def threshold_chains(model, thresholds):
-    """The threshold rules the calibration scores, as chains along which the kept voxels only shrink:
-    without `small_box_px` one chain of the thresholds; with it, for each threshold t a chain of the
-    rules (t, s), s the small-box threshold, for every s of the grid up to t."""
-    ordered = sorted(thresholds)
-    if not model.cfg.small_box_px:
-        return [ordered]
-    return [[(t, s) for s in ordered if s <= t] for t in ordered]
-
-
-def rule_text(rule):
-    """'0.5', or '0.5 (small boxes 0.3)' for a (threshold, small-box threshold) rule."""
-    return f"{rule[0]:g} (small boxes {rule[1]:g})" if isinstance(rule, tuple) else f"{rule:g}"
-
-
-def _keep(model, cand, rule):
-    return model.keep(cand, *rule) if isinstance(rule, tuple) else model.keep(cand, rule)
-
-
-def _lowest(rule):
-    return min(rule) if isinstance(rule, tuple) else rule
-
-
 @torch.no_grad()
-def case_counts(model, image, label, patch, chains):
-    """({rule: (true positive, predicted, reference) voxel counts}, {rule: node counts}) of one case.
+def case_counts(model, image, label, patch, thresholds):
+    """{threshold: (true positive, predicted, reference) voxel counts} of one case.
 
-    image (1, Z, Y, X) normalised CT, label (Z, Y, X) bool, patch (L, h, w) the training window,
-    chains from `threshold_chains`.
+    image (1, Z, Y, X) normalised CT, label (Z, Y, X) bool, patch (L, h, w) the training window.
     """
+    original_shape = label.shape
     image = _padded(image, patch)
     inside = tuple(slice(0, n) for n in label.shape)
     padded = torch.zeros(image.shape[1:], dtype=torch.bool, device=label.device)
@@ -85,41 +62,36 @@ def case_counts(model, image, label, patch, chains):
     label = padded
     owned = torch.ones(label.shape, dtype=torch.bool, device=label.device)  # padding: never counted
     owned[inside] = False
-    rules = [rule for chain in chains for rule in chain]
-    counts = {rule: [0, 0, int(label.sum())] for rule in rules}
-    levels = torch.zeros((len(chains),) + label.shape, dtype=torch.uint8, device=label.device)
-    floor = min(_lowest(rule) for rule in rules)
+    counts = {t: [0, 0, int(label.sum())] for t in thresholds}
+    levels = torch.zeros(label.shape, dtype=torch.uint8, device=label.device)
     for region in _tiles(label.shape, patch):
-        cand = model.candidates(image[(slice(None),) + region][None], floor)[0]
+        cand = model.candidates(image[(slice(None),) + region][None], min(thresholds))[0]
         new = ~owned[region]
         owned[region] = True
         ref = label[region]
-        for c, chain in enumerate(chains):
-            for level, rule in enumerate(chain, start=1):
-                fg = torch.full(new.shape, BACKGROUND_LOGIT, device=image.device, dtype=image.dtype)
-                model.paste(fg, cand, _keep(model, cand, rule))
-                pred = (fg > 0) & new
-                counts[rule][0] += int((pred & ref).sum())
-                counts[rule][1] += int(pred.sum())
-                levels[c][region][pred] = level
-    nodes = {}
-    for c, chain in enumerate(chains):
-        nodes.update(node_counts(levels[c][inside], label[inside], chain))
-    return {rule: tuple(n) for rule, n in counts.items()}, nodes
+        for level, t in enumerate(sorted(thresholds), start=1):
+            fg = torch.full(new.shape, BACKGROUND_LOGIT, device=image.device, dtype=image.dtype)
+            model.paste(fg, cand, model.keep(cand, t))
+            pred = (fg > 0) & new
+            counts[t][0] += int((pred & ref).sum())
+            counts[t][1] += int(pred.sum())
+            levels[region][pred] = level
+    inside = tuple(slice(0, n) for n in original_shape)
+    return {t: tuple(c) for t, c in counts.items()}, node_counts(levels[inside], label[inside], thresholds)
 
 
-def node_counts(levels, label, rules):
-    """{rule: (nodes found, nodes, false components)} of one case. levels (Z, Y, X): how many of the
-    rules, each keeping no more than the one before, keep each voxel; a node is found when a predicted
-    component touches it, a component touching no node is false."""
+def node_counts(levels, label, thresholds):
+    """{threshold: (nodes found, nodes, false components)} of one case. levels (Z, Y, X): how many of
+    the sorted thresholds keep each voxel; a node is found when a predicted component touches it, a
+    component touching no node is false."""
     ref, n_ref = label_nodes(label.cpu().numpy())
     levels = levels.cpu().numpy()
     out = {}
-    for level, rule in enumerate(rules, start=1):
+    for level, t in enumerate(sorted(thresholds), start=1):
         pred, n_pred = label_nodes(levels >= level)
         touched = np.unique(ref[pred > 0])
         hit = np.unique(pred[ref > 0])
-        out[rule] = (int(np.count_nonzero(touched)), n_ref, n_pred - int(np.count_nonzero(hit)))
+        out[t] = (int(np.count_nonzero(touched)), n_ref, n_pred - int(np.count_nonzero(hit)))
     return out
 
 
@@ -147,18 +119,15 @@ def node_f_score(found, nodes, false, beta=1.0):
 
 
 def calibrate(model, cases, patch, thresholds, recall_weight=1.0):
-    """(best rule, {rule: (mean per-case Dice, node F-score)}) over cases, an iterable of (image,
-    label). A rule is a threshold of the grid, or with the model's `small_box_px` a pair (threshold,
-    small-box threshold), both from the grid, the second at most the first. The best: the highest mean
-    Dice + node F-score (F-beta, beta = recall_weight; within the tolerance, the lowest rule); the
-    F-score counts each false component, which Dice on cases with nodes barely sees."""
-    chains = threshold_chains(model, thresholds)
-    per_case = [case_counts(model, image, label, patch, chains) for image, label in cases]
+    """(best threshold, {threshold: (mean per-case Dice, node F-score)}) over cases, an iterable of
+    (image, label). The best: the highest mean Dice + node F-score (F-beta, beta = recall_weight;
+    within the tolerance, the lowest threshold); the F-score counts each false component, which Dice
+    on cases with nodes barely sees."""
+    per_case = [case_counts(model, image, label, patch, thresholds) for image, label in cases]
     if not per_case:
         raise ValueError("no validation cases to calibrate the score threshold on")
-    rules = [rule for chain in chains for rule in chain]
-    mean_dice = {r: sum(dice_from_counts(*c[r]) for c, _ in per_case) / len(per_case) for r in rules}
-    f_score = {r: node_f_score(*(sum(n[r][i] for _, n in per_case) for i in range(3)), recall_weight)
-               for r in rules}
-    return (pick_threshold({r: mean_dice[r] + f_score[r] for r in rules}),
-            {r: (mean_dice[r], f_score[r]) for r in rules})
+    mean_dice = {t: sum(dice_from_counts(*c[t]) for c, _ in per_case) / len(per_case) for t in thresholds}
+    f_score = {t: node_f_score(*(sum(n[t][i] for _, n in per_case) for i in range(3)), recall_weight)
+               for t in thresholds}
+    return (pick_threshold({t: mean_dice[t] + f_score[t] for t in thresholds}),
+            {t: (mean_dice[t], f_score[t]) for t in thresholds})

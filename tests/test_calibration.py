@@ -83,33 +83,6 @@ def test_a_false_speck_that_dice_forgives_still_raises_the_threshold(monkeypatch
     assert recall_weighted[0.3][1] == pytest.approx(5 / 6)  # F2: the false speck weighs a quarter of a miss
 
 
-def test_small_boxes_get_a_threshold_of_their_own_calibrated_with_the_other(monkeypatch):
-    """The node's proposal has a 6 x 8 px box, the decoy's the whole 32 px slice, both score 0.4: one
-    threshold keeps both or neither; with `small_box_px` the pair (0.5, 0.3) keeps the node alone."""
-    def small_node(window, threshold):
-        cand = _fake_candidates(window, threshold)[0]
-        cand.boxes[0] = torch.tensor([10.0, 8.0, 18.0, 14.0])
-        cand.scores[:] = 0.4
-        return [cand]
-
-    one = CoSAM(replace(CoSAMConfig.small(window=5), nms_iou=1.0)).eval()
-    monkeypatch.setattr(one, "candidates", small_node)
-    best, scores = calibrate(one, [_case()], PATCH, (0.3, 0.5))
-    assert set(scores) == {0.3, 0.5} and scores[0.5] == (0.0, 0.0) and scores[0.3][1] == pytest.approx(2 / 3)
-    two = CoSAM(replace(CoSAMConfig.small(window=5), nms_iou=1.0, small_box_px=12)).eval()
-    monkeypatch.setattr(two, "candidates", small_node)
-    best, scores = calibrate(two, [_case()], PATCH, (0.3, 0.5))
-    assert set(scores) == {(0.3, 0.3), (0.5, 0.3), (0.5, 0.5)}
-    assert best == (0.5, 0.3) and scores[best] == pytest.approx((1.0, 1.0))
-    assert scores[(0.3, 0.3)][1] == pytest.approx(2 / 3)  # both kept: the decoy is a false node
-    cand = small_node(_case()[0][None, :, :5], 0.3)[0]
-    two.score_threshold.fill_(0.5)
-    two.small_score_threshold.fill_(0.3)
-    assert two.keep(cand).tolist() == [0] and one.keep(cand, 0.5).tolist() == []
-    two.small_score_threshold.fill_(0.45)
-    assert two.keep(cand).tolist() == []
-
-
 def test_f2_prefers_finding_both_nodes_with_two_false_ones_to_missing_one():
     assert node_f_score(1, 2, 0) == pytest.approx(node_f_score(2, 2, 2)) == pytest.approx(2 / 3)  # F1: a tie
     assert node_f_score(1, 2, 0, beta=2.0) == pytest.approx(5 / 9)
@@ -124,9 +97,9 @@ def test_the_threshold_travels_with_the_weights():
     assert fresh.threshold == 0.5
     fresh.load_state_dict(model.state_dict())
     assert fresh.threshold == pytest.approx(0.35)
-    old = {k: v for k, v in model.state_dict().items() if "threshold" not in k}  # before they were buffers
+    old = {k: v for k, v in model.state_dict().items() if k != "score_threshold"}  # before it was a buffer
     fresh.load_state_dict(old)
-    assert fresh.threshold == 0.5 and float(fresh.small_score_threshold) == pytest.approx(0.3)
+    assert fresh.threshold == 0.5
 
 
 def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes(monkeypatch):
@@ -148,7 +121,7 @@ def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes(monkey
     trainer.is_ddp, trainer.network = True, SimpleNamespace(module=model)
     monkeypatch.setattr(module.dist, "broadcast", lambda tensor, src: sent.append((float(tensor), src)))
     CoSAMTrainer.calibrate_score_threshold(trainer)
-    assert sent == [(0.5, 0), (pytest.approx(0.3), 0)]  # the threshold and the small-box threshold
+    assert sent == [(0.5, 0)]
 
 
 def test_the_trainers_calibrate_on_f2_and_the_f1_variant_on_f1(monkeypatch):

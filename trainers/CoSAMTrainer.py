@@ -28,7 +28,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from cosam_nn.calibration import calibrate, rule_text
+from cosam_nn.calibration import calibrate
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
@@ -281,7 +281,6 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
                                        f"{float(model.score_threshold):g}")
         if self.is_ddp:
             dist.broadcast(model.score_threshold, 0)
-            dist.broadcast(model.small_score_threshold, 0)
 
     def _pick_score_threshold(self, model, keys):
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
@@ -291,11 +290,9 @@ class CoSAMTrainer(RunSettingsMixin, nnUNetTrainer):
             best, scores = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
                                      self.configuration_manager.patch_size, self.calibration_thresholds,
                                      self.calibration_recall_weight)
-        threshold, small = best if isinstance(best, tuple) else (best, best)
-        model.score_threshold.fill_(threshold)
-        model.small_score_threshold.fill_(small)
-        table = ", ".join(f"{rule_text(r)}: {d:.3f} / {f:.3f}" for r, (d, f) in scores.items())
-        self.print_to_log_file(f"score threshold {rule_text(best)}, picked on {len(keys)} validation cases "
+        model.score_threshold.fill_(best)
+        table = ", ".join(f"{t:g}: {d:.3f} / {f:.3f}" for t, (d, f) in scores.items())
+        self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
                                f"(mean Dice / node F{self.calibration_recall_weight:g} by threshold: {table})")
 
     def _calibration_case(self, dataset, key):

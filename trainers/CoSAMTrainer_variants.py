@@ -347,12 +347,3 @@ class CoSAMTrainerSmall_ttaInPlane(CoSAMTrainerSmall):
     TTA's CPU time per case, and three quarters of the full TTA's gain or more on every measure over the
     benchmark's ten models (bench/RESULTS.md)."""
     inference_mirror_axes = (1, 2)
-
-
-class CoSAMTrainerSmall_smallBoxes(CoSAMTrainerSmall):
-    """Inference: candidates whose box is at most 12 px (8.4 mm at 0.7 mm) on each side need their own
-    final score, calibrated together with the threshold of the others (`small_box_px`)."""
-
-    @classmethod
-    def cosam_config(cls):
-        return replace(super().cosam_config(), small_box_px=12)

@@ -80,8 +80,6 @@ class CoSAMConfig:
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
     symmetric_masks: bool = True         # inference: a mask's background side as low as -its score's logit
     flat_masks: bool = False             # inference: a mask's inside at its score's logit (node mean probability = score)
-    small_box_px: int = 0                # inference: candidates whose union box is at most this wide and high (px) ...
-    small_box_threshold: float = 0.3     # ... are kept from this final score when it is below the model's threshold (0 px: off)
 
     @classmethod
     def paper(cls, window=9):

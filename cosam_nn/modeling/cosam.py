@@ -89,7 +89,6 @@ class CoSAM(nn.Module):
         self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden) \
             if cfg.use_ccm else None
         self.register_buffer("score_threshold", torch.tensor(float(cfg.score_threshold)))
-        self.register_buffer("small_score_threshold", torch.tensor(float(cfg.small_box_threshold)))
 
     def segment_boxes(self, window, slice_index, boxes):
         """U-SAM on boxes (M, 4) of slices slice_index (M,) (= b * L + l) of window.
@@ -111,20 +110,12 @@ class CoSAM(nn.Module):
         so a threshold calibrated after training travels with the checkpoint)."""
         return float(self.score_threshold)
 
-    @property
-    def small_threshold(self):
-        """The final score a small candidate needs with `small_box_px` (at most `threshold`): the
-        `small_score_threshold` buffer, calibrated with the other."""
-        return min(float(self.small_score_threshold), self.threshold)
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args, **kwargs)
-        # checkpoints from before a threshold was a buffer: the configured default
-        for name, default in (("score_threshold", self.cfg.score_threshold),
-                              ("small_score_threshold", self.cfg.small_box_threshold)):
-            if prefix + name in missing_keys:
-                missing_keys.remove(prefix + name)
-                getattr(self, name).fill_(float(default))
+        key = prefix + "score_threshold"
+        if key in missing_keys:  # checkpoints from before the threshold was a buffer: the configured default
+            missing_keys.remove(key)
+            self.score_threshold.fill_(float(self.cfg.score_threshold))
 
     def _proposals_to_segment(self, det, b, threshold):
         """(indices, present (N, L)) of the proposals of window b worth segmenting, best first.
@@ -166,30 +157,16 @@ class CoSAM(nn.Module):
     @torch.no_grad()
     def candidates(self, window, threshold=None):
         """One detector pass and U-SAM on every proposal that may reach `threshold` (default: the
-        model's, or with `small_box_px` its small-box threshold): a list of B `Candidates`, before the
-        threshold and NMS."""
-        if threshold is None:
-            threshold = self.small_threshold if self.cfg.small_box_px else self.threshold
+        model's): a list of B `Candidates`, before the threshold and NMS."""
+        threshold = self.threshold if threshold is None else threshold
         window = finite_input(window)
         det = self.detector(window)
         return [self._window_candidates(window, det, i, threshold) for i in range(window.shape[0])]
 
-    def candidate_thresholds(self, cand, threshold, small_threshold):
-        """(N,) the final score each candidate needs: `threshold`, or with `small_box_px` the lower
-        `small_threshold` for candidates whose union box is at most that many pixels on each side."""
-        needed = torch.full_like(cand.scores, threshold)
-        if self.cfg.small_box_px and len(needed):
-            box = union_boxes(cand.boxes, cand.present)
-            small = (box[:, 2:] - box[:, :2]).amax(1) <= self.cfg.small_box_px
-            needed[small] = min(threshold, small_threshold)
-        return needed
-
-    def keep(self, cand, threshold=None, small_threshold=None):
-        """Indices of the candidates kept: score >= their threshold (`candidate_thresholds`; default
-        the model's), then NMS on their union boxes."""
+    def keep(self, cand, threshold=None):
+        """Indices of the candidates kept: score >= threshold, then NMS on their union boxes."""
         threshold = self.threshold if threshold is None else threshold
-        small_threshold = self.small_threshold if small_threshold is None else small_threshold
-        kept = torch.nonzero(cand.scores >= self.candidate_thresholds(cand, threshold, small_threshold)).squeeze(1)
+        kept = torch.nonzero(cand.scores >= threshold).squeeze(1)
         return kept[nms(union_boxes(cand.boxes[kept], cand.present[kept]), cand.scores[kept], self.cfg.nms_iou)]
 
     def paste(self, fg, cand, kept):
