@@ -347,11 +347,3 @@ class CoSAMTrainerSmall_ttaInPlane(CoSAMTrainerSmall):
     TTA's CPU time per case, and three quarters of the full TTA's gain or more on every measure over the
     benchmark's ten models (bench/RESULTS.md)."""
     inference_mirror_axes = (1, 2)
-
-
-class CoSAMTrainerSmall_orderedCaps(CoSAMTrainerSmall):
-    """Inference: each mask's probability cap ordered by its score over the whole range (`ordered_caps`)."""
-
-    @classmethod
-    def cosam_config(cls):
-        return replace(super().cosam_config(), ordered_caps=True)

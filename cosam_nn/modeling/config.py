@@ -80,7 +80,6 @@ class CoSAMConfig:
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
     symmetric_masks: bool = True         # inference: a mask's background side as low as -its score's logit
     flat_masks: bool = False             # inference: a mask's inside at its score's logit (node mean probability = score)
-    ordered_caps: bool = False           # inference: mask caps ordered by score below 0.62 too (ordered_logit_cap)
 
     @classmethod
     def paper(cls, window=9):

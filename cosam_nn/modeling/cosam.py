@@ -45,13 +45,6 @@ def score_logit_cap(scores):
     return torch.logit(scores.float(), eps=1e-6).clamp(MIN_FG_LOGIT, LOGIT_BOUND)
 
 
-def ordered_logit_cap(scores):
-    """Like `score_logit_cap`, but every score keeps its own cap: the probability cap runs linearly from
-    sigmoid(MIN_FG_LOGIT) at score 0 to 1 at score 1, so detections scored below 0.62 still rank apart."""
-    low = torch.sigmoid(torch.tensor(MIN_FG_LOGIT))
-    return torch.logit(low + (1 - low) * scores.float(), eps=1e-6).clamp(MIN_FG_LOGIT, LOGIT_BOUND)
-
-
 def finite_input(window):
     """The window with non-finite voxels set to 0 (the normalised image's mean), with a warning: a few
     NaN voxels would otherwise turn every proposal of the window into NaN and blank it."""
@@ -187,7 +180,7 @@ class CoSAM(nn.Module):
         few of its pixels lie deep inside U-SAM's mask. Off: it ranked specks and fragments up with
         their detection and lost FROC and AP (bench/RESULTS.md).
         """
-        cap = (ordered_logit_cap if self.cfg.ordered_caps else score_logit_cap)(cand.scores)
+        cap = score_logit_cap(cand.scores)
         canvas = torch.full_like(fg, -float("inf"))
         for m in torch.nonzero(torch.isin(cand.owner, kept)).squeeze(1).tolist():
             top = float(cap[cand.owner[m]])
