@@ -347,3 +347,19 @@ class CoSAMTrainerSmall_ttaInPlane(CoSAMTrainerSmall):
     TTA's CPU time per case, and three quarters of the full TTA's gain or more on every measure over the
     benchmark's ten models (bench/RESULTS.md)."""
     inference_mirror_axes = (1, 2)
+
+
+class CoSAMTrainerSmall_lowPresence(CoSAMTrainerSmall):
+    """Inference: a proposal's slice counts as present from presence probability 0.35 (0.5)."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), presence_threshold=0.35)
+
+
+class CoSAMTrainerSmall_lowerPresence(CoSAMTrainerSmall):
+    """Inference: a proposal's slice counts as present from presence probability 0.25 (0.5)."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), presence_threshold=0.25)
