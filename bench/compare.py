@@ -134,6 +134,15 @@ def scored_point(labels_folder, predictions, seconds):
                         "pooled_dice": summary["pooled_slice_dice"]}}
 
 
+def earlier_runs(runs_path, settings):
+    """The runs a runs.json holds if it was written with the same settings, else none."""
+    if not os.path.isfile(runs_path):
+        return {}
+    with open(runs_path) as f:
+        saved = json.load(f)
+    return saved["runs"] if saved.get("settings") == settings else {}
+
+
 class Bench:
     """The work folder: data, one nnU-Net results folder per run, runs.json."""
 
@@ -141,14 +150,7 @@ class Bench:
         self.pipe = Pipeline(work, log=lambda *_: None)
         self.cfg, self.settings = cfg, settings
         self.runs_path = os.path.join(self.pipe.work, "runs.json")
-        self.runs = self._earlier_runs() if keep else {}
-
-    def _earlier_runs(self):
-        if not os.path.isfile(self.runs_path):
-            return {}
-        with open(self.runs_path) as f:
-            saved = json.load(f)
-        return saved["runs"] if saved.get("settings") == self.settings else {}
+        self.runs = earlier_runs(self.runs_path, settings) if keep else {}
 
     def prepare(self, configurations, real=None):
         raw_ready = os.path.isdir(os.path.join(self.pipe.raw, "labelsTs"))

@@ -7,7 +7,8 @@ WORK is compare.py's work folder. Each run's checkpoint_final.pth is copied unde
 (DEST/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0; VARIANT may be the run's own
 trainer, to predict with the code as it is now), its score threshold set, the test cases predicted
 into DEST/predictions/RUN_ID and scored as compare.py scores them; DEST/runs.json keeps the runs of
-earlier calls into the same DEST (a run predicted again replaces its entry). The threshold:
+earlier calls into the same DEST from a work folder of the same settings (a run predicted again
+replaces its entry). The threshold:
 `calibrate` (default) picks it with the variant's inference settings on the fold's validation cases, as
 the trainer does after training, so that the comparison is the one a user would see; `keep` keeps the
 run's own (calibrated with the trainer's settings); a number sets it. `--tta` predicts with nnU-Net's
@@ -27,7 +28,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-from compare import scored_point
+from compare import earlier_runs, scored_point
 from diagnose import load_model, validation_cases
 from cosam_nn.calibration import calibrate
 from cosam_nn.data.fileio import write_text_atomic
@@ -85,7 +86,7 @@ def main():
     os.environ["nnUNet_preprocessed"] = pipe.env["nnUNet_preprocessed"]
     dataset = os.path.basename(pipe.raw)
     out_path = os.path.join(a.out, "runs.json")
-    done = load_json(out_path)["runs"] if os.path.isfile(out_path) else {}
+    done = earlier_runs(out_path, saved.get("settings"))  # runs of earlier calls on the same benchmark
     for run_id in a.runs:
         run = saved["runs"].get(run_id)
         if run is None or "points" not in run:
