@@ -31,7 +31,6 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from torchvision.ops import box_iou
 
 from cosam_nn.modeling.crops import crop_slices
-from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sequence_detector import centred_on_small_node
 from cosam_nn.node_geometry import label_nodes, node_boxes_and_instances, union_boxes
@@ -149,9 +148,9 @@ def window_stats(model, window, labels, case_instances=None):
     if model.ccm is not None and valid.any():
         idx = torch.nonzero(valid).squeeze(1)
         owner, sl = torch.nonzero(present[idx], as_tuple=True)
-        _, _, tokens, _ = model.segment_boxes(window, sl, det["boxes"][0][idx][owner, sl])
+        masks, _, tokens, regions = model.segment_boxes(window, sl, det["boxes"][0][idx][owner, sl])
         ccm = torch.zeros_like(score)
-        ccm[idx] = model.ccm(mean_token_per_proposal(tokens, owner, len(idx)), det["seq_features"][0][idx]).softmax(-1)[:, 1]
+        ccm[idx] = model.ccm_logits(window, sl, regions, masks, tokens, owner, det["seq_features"][0][idx]).softmax(-1)[:, 1]
     matched_any = torch.zeros_like(valid)
     pools = stage1_pools(model.detector, window) if len(nodes) else None
     fit_iou, fit_px = best_fit(pools[1], t_union) if len(nodes) else (None, None)

@@ -1,5 +1,6 @@
 """Unit tests of the CoSAM trainer's pieces: targets, phases, schedule, rebuild, DDP rules."""
 import os
+from dataclasses import replace
 import socket
 
 import numpy as np
@@ -121,10 +122,11 @@ def test_usam_and_ccm_targets_follow_the_detectors_match_rule():
         assert sorted(props[nodes > 0].tolist()) == matched and set(nodes.tolist()) <= {0, 1}
 
 
+@pytest.mark.parametrize("image_features", [False, True])
 @pytest.mark.parametrize("phase", ["pretrain", "joint"])
-def test_every_trainable_parameter_learns_in_every_phase(phase):
+def test_every_trainable_parameter_learns_in_every_phase(phase, image_features):
     torch.manual_seed(0)
-    model = CoSAM(CoSAMConfig.small(window=5))
+    model = CoSAM(replace(CoSAMConfig.small(window=5), ccm_image_features=image_features))
     labels = torch.zeros(2, 5, 48, 48, dtype=torch.bool)
     labels[0, 1:4, 10:16, 20:25] = True  # the second window has no node
     losses = training_losses(model, torch.randn(2, 1, 5, 48, 48), labels, phase)

@@ -359,3 +359,13 @@ class CoSAMTrainerSmall_lowPresence(CoSAMTrainerSmall):
     @classmethod
     def cosam_config(cls):
         return replace(super().cosam_config(), presence_threshold=0.35)
+
+
+class CoSAMTrainerSmall_ccmImage(CoSAMTrainerSmall):
+    """The CCM also reads the image under U-SAM's mask (`ccm_image_features`): the mean inside the
+    mask, the mean around it in the crop, and the mask's size. On the phantom a small metastatic node
+    differs from a benign node of its size mainly in brightness."""
+
+    @classmethod
+    def cosam_config(cls):
+        return replace(super().cosam_config(), ccm_image_features=True)

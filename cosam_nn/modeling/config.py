@@ -68,6 +68,7 @@ class CoSAMConfig:
     usam: USAMConfig = field(default_factory=USAMConfig)
     crop_size: int = 112                 # slice pixels around a box that U-SAM sees
     ccm_hidden: int = 256
+    ccm_image_features: bool = False     # the CCM also reads the image's mean inside/around U-SAM's mask and its size
     score_threshold: float = 0.5         # final (detector x CCM) score to keep a box
     presence_threshold: float = 0.5
     nms_iou: float = 0.3

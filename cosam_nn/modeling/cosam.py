@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from cosam_nn.modeling.crops import boxes_in_crops, crop_regions, crop_slices, paste_crop
-from cosam_nn.modeling.ccm import CollaborativeClassifier, mean_token_per_proposal
+from cosam_nn.modeling.ccm import CollaborativeClassifier, mask_image_features, mean_token_per_proposal
 from cosam_nn.modeling.common import LOGIT_BOUND, window_slices
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.sequence_detector import SequenceDetector
@@ -86,8 +86,8 @@ class CoSAM(nn.Module):
         self.cfg = cfg
         self.detector = SequenceDetector(cfg.detector)
         self.usam = USAM(cfg.usam)
-        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden) \
-            if cfg.use_ccm else None
+        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden,
+                                           cfg.ccm_image_features) if cfg.use_ccm else None
         self.register_buffer("score_threshold", torch.tensor(float(cfg.score_threshold)))
 
     def segment_boxes(self, window, slice_index, boxes):
@@ -103,6 +103,17 @@ class CoSAM(nn.Module):
         prompts = boxes_in_crops(boxes, regions, size)
         masks, iou, tokens = self.usam(crops, list(prompts.unsqueeze(1)))
         return masks, iou, tokens, regions
+
+    def ccm_logits(self, window, slice_index, regions, masks, tokens, owner, seq_features):
+        """CCM logits (N, 2) of N proposals from their boxes' U-SAM outputs: masks (M, 1, S, S) and
+        mask tokens (M, P) of boxes on slices slice_index (M,) of window, cropped at regions (M, 4),
+        owner (M,) the proposal of each box; seq_features (N, D)."""
+        n = len(seq_features)
+        image = None
+        if self.cfg.ccm_image_features:
+            crops = crop_slices(window_slices(window), slice_index, regions, masks.shape[-1])
+            image = mean_token_per_proposal(mask_image_features(crops, masks), owner, n)
+        return self.ccm(mean_token_per_proposal(tokens, owner, n), seq_features, image)
 
     @property
     def threshold(self):
@@ -147,10 +158,11 @@ class CoSAM(nn.Module):
         owner, slice_id = torch.nonzero(present, as_tuple=True)
         if len(cand) == 0:
             return Candidates(boxes, present, scores, None, owner, slice_id, None)
-        masks, _, tokens, regions = self.segment_boxes(window, i * length + slice_id, boxes[owner, slice_id])
+        index = i * length + slice_id
+        masks, _, tokens, regions = self.segment_boxes(window, index, boxes[owner, slice_id])
         if self.ccm is not None:
-            mean_tokens = mean_token_per_proposal(tokens, owner, len(cand))
-            ccm_prob = self.ccm(mean_tokens, det["seq_features"][i][cand]).softmax(-1)[:, 1]
+            logits = self.ccm_logits(window, index, regions, masks, tokens, owner, det["seq_features"][i][cand])
+            ccm_prob = logits.softmax(-1)[:, 1]
             scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
         return Candidates(boxes, present, scores, masks[:, 0], owner, slice_id, regions)
 

@@ -18,7 +18,6 @@ import torch
 from torch.nn import functional as F
 
 from cosam_nn.modeling.losses import mask_iou, mask_loss
-from cosam_nn.modeling.ccm import mean_token_per_proposal
 from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.sequence_detector import match_quality
 from cosam_nn.node_geometry import NodeBoxes, expand_boxes, node_boxes_and_instances, union_boxes
@@ -160,14 +159,14 @@ def training_losses(model, window, labels, phase):
     losses["usam_iou"] = F.mse_loss(iou[:, 0], mask_iou(masks, target))
 
     if model.ccm is not None and from_detector is not None:
-        n_props = int(from_detector[3].max()) + 1
-        tail = tokens[len(index) - len(from_detector[0]):]  # the detector prompts come last
-        mean_tokens = mean_token_per_proposal(tail, from_detector[3], n_props)
+        tail = slice(len(index) - len(from_detector[0]), None)  # the detector prompts come last
+        tail_tokens = tokens[tail]
         seq = torch.cat([det["seq_features"][bi][props] for bi, (props, _) in enumerate(chosen)])
         matched = torch.cat([(nodes > 0).long() for _, nodes in chosen])
         if phase == "pretrain":
-            mean_tokens, seq = mean_tokens.detach(), seq.detach()
-        losses["ccm"] = F.cross_entropy(model.ccm(mean_tokens, seq), matched)
+            tail_tokens, seq = tail_tokens.detach(), seq.detach()
+        logits = model.ccm_logits(window, index[tail], regions[tail], masks[tail], tail_tokens, from_detector[3], seq)
+        losses["ccm"] = F.cross_entropy(logits, matched)
     elif model.ccm is not None:
         losses["ccm"] = sum(p.sum() for p in model.ccm.parameters()) * 0.0  # keeps DDP's every-parameter rule
     losses["loss"] = sum(losses.values())
