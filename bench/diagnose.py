@@ -31,7 +31,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from torchvision.ops import box_iou
 
 from cosam_nn.modeling.crops import crop_slices
-from cosam_nn.modeling.cosam import CoSAM, combined_score
+from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sequence_detector import centred_on_small_node
 from cosam_nn.node_geometry import label_nodes, node_boxes_and_instances, union_boxes
 from cosam_nn.evaluation.node_measures import node_diameters
@@ -174,7 +174,7 @@ def window_stats(model, window, labels, case_instances=None):
         row["ccm"] = float(ccm[match].max()) if ccm is not None and match.any() else None
         kiou = box_iou(union_boxes(kept.boxes, kept.present), t_union[n:n + 1])[:, 0] if len(kept.scores) else torch.zeros(0)
         row["final_score"] = float(kept.scores[kiou >= 0.3].max()) if (kiou >= 0.3).any() else 0.0
-        final = combined_score(score, ccm, model.cfg.ccm_weight) if ccm is not None else score
+        final = (score * ccm).sqrt() if ccm is not None else score
         row["final_score_before_nms"] = float(final[match].max()) if match.any() else 0.0
         masks, _, _, regions = model.segment_boxes(window, torch.tensor([centre]), boxes.boxes[n, centre:centre + 1])
         row["usam_true_box_dice"] = _crop_dice(inst[centre] == n + 1, regions, masks)

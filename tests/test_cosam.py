@@ -203,20 +203,3 @@ def test_the_ccm_reads_the_image_in_each_boxs_crop_averaged_per_proposal():
     built = CoSAM(replace(CoSAMConfig.small(window=5), ccm_image_features=True)).ccm
     with pytest.raises(ValueError, match="image features"):
         built(torch.zeros(2, 64), torch.zeros(2, 64))
-
-
-def test_the_ccm_weight_sets_how_much_each_branch_counts():
-    from cosam_nn.modeling.cosam import combined_score
-    det, ccm = torch.tensor([0.04, 0.81, 0.5]), torch.tensor([0.81, 0.04, 0.5])
-    torch.testing.assert_close(combined_score(det, ccm), torch.tensor([0.18, 0.18, 0.5]))
-    leaning = combined_score(det, ccm, 0.75)
-    torch.testing.assert_close(leaning, torch.tensor([0.2 ** 0.5 * 0.9 ** 1.5, 0.9 ** 0.5 * 0.2 ** 1.5, 0.5]))
-    with pytest.raises(ValueError, match="ccm_weight"):
-        CoSAMConfig.small(window=5).__class__(ccm_weight=1.0)
-    # a proposal whose detector score cannot reach the threshold with a CCM of 1 is not segmented
-    torch.manual_seed(0)
-    model = CoSAM(replace(CoSAMConfig.small(window=5), ccm_weight=0.75, segment_nms_iou=1.0)).eval()
-    det_out = {"scores": torch.logit(torch.tensor([[0.9, 0.02, 0.005]])), "presence": torch.full((1, 3, 5), 5.0),
-               "boxes": torch.zeros(1, 3, 5, 4)}
-    order, _ = model._proposals_to_segment(det_out, 0, 0.3)  # floor 0.3^4 = 0.0081
-    assert order.tolist() == [0, 1]

@@ -369,12 +369,3 @@ class CoSAMTrainerSmall_ccmImage(CoSAMTrainerSmall):
     @classmethod
     def cosam_config(cls):
         return replace(super().cosam_config(), ccm_image_features=True)
-
-
-class CoSAMTrainerSmall_ccmImage_ccmWeight75(CoSAMTrainerSmall_ccmImage):
-    """CoSAMTrainerSmall_ccmImage whose final score leans on the CCM: detector^0.25 x CCM^0.75
-    (`ccm_weight`, inference only) instead of their geometric mean."""
-
-    @classmethod
-    def cosam_config(cls):
-        return replace(super().cosam_config(), ccm_weight=0.75)

@@ -68,7 +68,6 @@ class CoSAMConfig:
     usam: USAMConfig = field(default_factory=USAMConfig)
     crop_size: int = 112                 # slice pixels around a box that U-SAM sees
     ccm_hidden: int = 256
-    ccm_weight: float = 0.5              # inference: score = detector^(1 - w) x CCM^w (0.5: their geometric mean)
     ccm_image_features: bool = False     # the CCM also reads the image's mean inside/around U-SAM's mask and its size
     score_threshold: float = 0.5         # final (detector x CCM) score to keep a box
     presence_threshold: float = 0.5
@@ -82,10 +81,6 @@ class CoSAMConfig:
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
     symmetric_masks: bool = True         # inference: a mask's background side as low as -its score's logit
     flat_masks: bool = False             # inference: a mask's inside at its score's logit (node mean probability = score)
-
-    def __post_init__(self):
-        if not 0 <= self.ccm_weight < 1:
-            raise ValueError(f"ccm_weight must lie in [0, 1) (the detector's score must count), got {self.ccm_weight}")
 
     @classmethod
     def paper(cls, window=9):

@@ -45,14 +45,6 @@ def score_logit_cap(scores):
     return torch.logit(scores.float(), eps=1e-6).clamp(MIN_FG_LOGIT, LOGIT_BOUND)
 
 
-def combined_score(detector_scores, ccm_probs, ccm_weight=0.5):
-    """A detection's final score: detector score^(1 - w) x CCM probability^w, w = ccm_weight. At 0.5,
-    the paper's pairing, sqrt(detector x CCM): both must agree; the result stays on the probability scale."""
-    if ccm_weight == 0.5:
-        return torch.sqrt(detector_scores * ccm_probs)
-    return detector_scores ** (1 - ccm_weight) * ccm_probs ** ccm_weight
-
-
 def finite_input(window):
     """The window with non-finite voxels set to 0 (the normalised image's mean), with a warning: a few
     NaN voxels would otherwise turn every proposal of the window into NaN and blank it."""
@@ -147,7 +139,7 @@ class CoSAM(nn.Module):
         """
         scores = det["scores"][b].sigmoid()
         order = scores.argsort(descending=True)[: self.cfg.max_boxes]
-        floor = threshold ** (1 / (1 - self.cfg.ccm_weight)) if self.ccm is not None else threshold
+        floor = threshold ** 2 if self.ccm is not None else threshold
         order = order[scores[order] >= floor]
         present = det["presence"][b][order].sigmoid() > self.cfg.presence_threshold
         seen = present.any(1)
@@ -171,7 +163,7 @@ class CoSAM(nn.Module):
         if self.ccm is not None:
             logits = self.ccm_logits(window, index, regions, masks, tokens, owner, det["seq_features"][i][cand])
             ccm_prob = logits.softmax(-1)[:, 1]
-            scores = combined_score(scores, ccm_prob, self.cfg.ccm_weight)
+            scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
         return Candidates(boxes, present, scores, masks[:, 0], owner, slice_id, regions)
 
     @torch.no_grad()
