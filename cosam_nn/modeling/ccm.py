@@ -7,8 +7,9 @@ either branch doubts drops out.
 
 Optionally (`CoSAMConfig.ccm_image_features`) the CCM also reads three numbers measured on the
 image under U-SAM's mask (`mask_image_features`): how bright the candidate is, how bright its
-surroundings are, and how large it is. A metastatic node and a benign node or a blob of bowel of
-the same size differ first in these; learned features carry them only after long training.
+surroundings are, and how large it is, which learned features might carry only after long training.
+Off by default: at the small model's benchmark budget it ranked larger nodes better and small ones
+no better (bench/RESULTS.md).
 """
 import torch
 from torch import nn
