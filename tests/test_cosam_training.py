@@ -1,7 +1,7 @@
 """Unit tests of the CoSAM trainer's pieces: targets, phases, schedule, rebuild, DDP rules."""
 import os
-from dataclasses import replace
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
