@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["cosam_nn", "cosam_nn.data", "cosam_nn.evaluation", "cosam_nn.modeling", "cosam_nn.dataset_conversion", "cosam_nn.trainers"],
+    packages=["cosam_nn", "cosam_nn.data", "cosam_nn.evaluation", "cosam_nn.modeling", "cosam_nn.training", "cosam_nn.dataset_conversion", "cosam_nn.trainers"],
     package_dir={
         "cosam_nn": "cosam_nn",
         "cosam_nn.dataset_conversion": "dataset_conversion",
@@ -46,6 +46,7 @@ setup(
             "cosam_dicom_input=cosam_nn.data.dicom_input:main",
             "cosam_export_dicom=cosam_nn.evaluation.dicom_export:main",
             "cosam_postprocess=cosam_nn.evaluation.postprocess:main",
+            "cosam_plan_cpu=cosam_nn.training.cpu_planner:main",
         ]
     },
 )

@@ -86,7 +86,7 @@ def main():
     os.environ["nnUNet_preprocessed"] = pipe.env["nnUNet_preprocessed"]
     dataset = os.path.basename(pipe.raw)
     out_path = os.path.join(a.out, "runs.json")
-    done = earlier_runs(out_path, saved.get("settings"))  # runs of earlier calls on the same benchmark
+    done = earlier_runs(out_path, saved.get("settings")) or {}  # runs of earlier calls on the same benchmark
     for run_id in a.runs:
         run = saved["runs"].get(run_id)
         if run is None or "points" not in run:

@@ -68,20 +68,24 @@ class Pipeline:
         self.run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", *configurations,
                                          "--verify_dataset_integrity", "-np", "1", "-npfp", "1", "--no_pbar"])
 
-    def train(self, trainer, epochs, iters, val_iters=2, fold=0, configuration="3d_fullres", seed=None, snapshots=()):
-        """seed: COSAM_SEED; snapshots: epoch counts after which a checkpoint_epochN.pth is kept."""
+    def train(self, trainer, epochs, iters, val_iters=2, fold=0, configuration="3d_fullres", seed=None, snapshots=(),
+              plans="nnUNetPlans", resume=False):
+        """seed: COSAM_SEED; snapshots: epoch counts after which a checkpoint_epochN.pth is kept;
+        resume: continue an interrupted training from its last checkpoint (nnU-Net's --c)."""
         env = dict(self.env, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"),
                    COSAM_EPOCHS=str(epochs), COSAM_ITERS=str(iters), COSAM_VAL_ITERS=str(val_iters),
                    COSAM_SNAPSHOTS=",".join(map(str, snapshots)))
         if seed is not None:
             env["COSAM_SEED"] = str(seed)
-        return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations)",
-                        ["nnUNetv2_train", self.did, configuration, str(fold), "-tr", trainer, "-device", "cpu"], env)
+        args = ["nnUNetv2_train", self.did, configuration, str(fold), "-tr", trainer, "-p", plans, "-device", "cpu"]
+        return self.run(f"train {trainer} (fold {fold}, {epochs} x {iters} iterations{', resumed' if resume else ''})",
+                        args + (["--c"] if resume else []), env)
 
     def predict(self, trainer, out, tta=False, fold=0, probabilities=False, images=None, configuration="3d_fullres",
-                checkpoint=None):
+                checkpoint=None, plans="nnUNetPlans"):
         args = ["nnUNetv2_predict", "-i", images or os.path.join(self.raw, "imagesTs"), "-o", out, "-d", self.did,
-                "-c", configuration, "-f", str(fold), "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"]
+                "-c", configuration, "-f", str(fold), "-tr", trainer, "-p", plans, "-device", "cpu", "-npp", "1",
+                "-nps", "1"]
         args += ["-chk", checkpoint] if checkpoint else []
         args += ([] if tta else ["--disable_tta"]) + (["--save_probabilities"] if probabilities else [])
         return self.run(f"predict {'the test cases' if images is None else images} with {trainer}", args)

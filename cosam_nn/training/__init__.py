@@ -1,0 +1,1 @@
+"""The nnU-Net glue of this project's trainers and benchmarks."""
