@@ -22,7 +22,7 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.training_step import window_targets
 from cosam_nn.trainer_dir import trainer_dir
-from cosam_nn.trainers.CoSAMTrainer import GRADIENT_CLIP_NORM
+from cosam_nn.training.recipe import GRADIENT_CLIP_NORM
 from diagnose import preprocessed_cases
 
 WINDOW_INPLANE = 96

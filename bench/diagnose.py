@@ -32,12 +32,23 @@ from torchvision.ops import box_iou
 
 from cosam_nn.modeling.crops import crop_slices
 from cosam_nn.modeling.cosam import CoSAM
-from cosam_nn.modeling.sequence_detector import centred_on_small_node
 from cosam_nn.node_geometry import label_nodes, node_boxes_and_instances, union_boxes
 from cosam_nn.evaluation.node_measures import node_diameters
 from cosam_nn.trainer_dir import trainer_dir
 
 THRESHOLDS = (0.1, 0.25, 0.5)
+
+
+def centred_on_small_node(boxes, targets, below, stride):
+    """(N, T) bool: box n is centred on target t, a node whose long side is under `below` px: the
+    centres lie within max(stride / 2, half the node's size) on each axis and the box is at most
+    two strides larger than the node."""
+    targets = targets.to(boxes.device)
+    size = (targets[:, 2:] - targets[:, :2]).amax(1)  # (T,)
+    box_size = (boxes[:, 2:] - boxes[:, :2]).amax(1)  # (N,)
+    offset = (((boxes[:, None, :2] + boxes[:, None, 2:]) - (targets[None, :, :2] + targets[None, :, 2:])) / 2).abs().amax(-1)
+    reach = torch.clamp(size / 2, min=stride / 2)
+    return (size < below) & (offset <= reach) & (box_size[:, None] <= size + 2 * stride)
 
 
 def load_model(fold_folder, trainer_name, checkpoint="checkpoint_final.pth"):
@@ -150,7 +161,7 @@ def window_stats(model, window, labels, case_instances=None):
         owner, sl = torch.nonzero(present[idx], as_tuple=True)
         masks, _, tokens, regions = model.segment_boxes(window, sl, det["boxes"][0][idx][owner, sl])
         ccm = torch.zeros_like(score)
-        ccm[idx] = model.ccm_logits(window, sl, regions, masks, tokens, owner, det["seq_features"][0][idx]).softmax(-1)[:, 1]
+        ccm[idx] = model.ccm_logits(tokens, owner, det["seq_features"][0][idx]).softmax(-1)[:, 1]
     matched_any = torch.zeros_like(valid)
     pools = stage1_pools(model.detector, window) if len(nodes) else None
     fit_iou, fit_px = best_fit(pools[1], t_union) if len(nodes) else (None, None)

@@ -30,11 +30,11 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 from compare import earlier_runs, scored_point
 from diagnose import load_model, validation_cases
-from cosam_nn.calibration import calibrate
+from cosam_nn.training.calibration import calibrate
 from cosam_nn.data.fileio import write_text_atomic
 from cosam_nn.demo import Pipeline
 from cosam_nn.trainer_dir import trainer_dir
-from cosam_nn.trainers.CoSAMTrainer import window_patch
+from cosam_nn.training.recipe import window_patch
 
 
 def variant_copy(model_folder, checkpoint, target_root, variant, threshold, mirror_axes):

@@ -2,21 +2,41 @@ import os
 
 import pytest
 
-from cosam_nn.budget import apply_budget, read_budget
 from cosam_nn.trainer_dir import trainer_dir
+from cosam_nn.training.run_settings import (RunSettingsMixin, checkpoint_interval, read_budget, read_seed,
+                                            read_snapshots)
 
 
-def test_budget_reads_the_three_variables():
+class _Base:
+    """What RunSettingsMixin needs of nnUNetTrainer."""
+
+    def __init__(self, *args):
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
+        self.save_every, self.current_epoch, self.output_folder, self.saved = 50, 0, "", []
+
+    def on_epoch_end(self):
+        self.current_epoch += 1
+
+    def save_checkpoint(self, filename):
+        self.saved.append((os.path.basename(filename), self.current_epoch + 1))  # as nnU-Net stores it
+
+
+class _Trainer(RunSettingsMixin, _Base):
+    pass
+
+
+def test_budget_reads_the_three_variables(monkeypatch):
     env = {"COSAM_EPOCHS": "3", "COSAM_ITERS": "7", "COSAM_VAL_ITERS": " 2 "}
     assert read_budget(env) == {"num_epochs": 3, "num_iterations_per_epoch": 7, "num_val_iterations_per_epoch": 2}
     assert read_budget({}) == {}
-
-    class Trainer:
-        num_epochs, num_iterations_per_epoch, num_val_iterations_per_epoch = 1000, 250, 50
-
-    t = Trainer()
-    apply_budget(t, {"COSAM_ITERS": "5"})
+    for variable in ("COSAM_EPOCHS", "COSAM_VAL_ITERS", "COSAM_SEED", "COSAM_SNAPSHOTS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("COSAM_ITERS", "5")
+    t = _Trainer({}, "3d_fullres", 0, {})  # reads the environment around nnUNetTrainer.__init__
     assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (1000, 5, 50)
+    monkeypatch.setenv("COSAM_ITERS", "five")
+    with pytest.raises(SystemExit, match="_Trainer: COSAM_ITERS='five'"):
+        _Trainer({}, "3d_fullres", 0, {})
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "ten", "1.5"])
@@ -40,8 +60,6 @@ def test_trainer_found_through_nnunet_ext_trainer(monkeypatch):
 
 
 def test_seed_snapshots_and_checkpoint_interval_are_read():
-    from cosam_nn.budget import checkpoint_interval, read_seed, read_snapshots
-
     assert read_seed({}) is None and read_seed({"COSAM_SEED": " 7 "}) == 7
     assert read_snapshots({}) == set() and read_snapshots({"COSAM_SNAPSHOTS": "1, 4,2,"}) == {1, 2, 4}
     for env in ({"COSAM_SEED": "x"}, {"COSAM_SEED": "-1"}, {"COSAM_SNAPSHOTS": "1,0"}, {"COSAM_SNAPSHOTS": "a"}):
@@ -51,24 +69,9 @@ def test_seed_snapshots_and_checkpoint_interval_are_read():
     assert checkpoint_interval(8, 50) == 1 and checkpoint_interval(40, 50) == 4 and checkpoint_interval(1000, 50) == 50
 
 
-def test_snapshot_is_saved_after_its_epoch_with_the_epoch_to_resume_at(tmp_path):
-    from cosam_nn.trainers.nnUNetTrainerBudget import RunSettingsMixin
-
-    class Base:
-        def __init__(self):
-            self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
-            self.save_every, self.current_epoch, self.output_folder, self.saved = 50, 0, str(tmp_path), []
-
-        def on_epoch_end(self):
-            self.current_epoch += 1
-
-        def save_checkpoint(self, filename):
-            self.saved.append((os.path.basename(filename), self.current_epoch + 1))  # as nnU-Net stores it
-
-    class Trainer(RunSettingsMixin, Base):
-        pass
-
-    t = Trainer()
+def test_snapshot_is_saved_after_its_epoch_with_the_epoch_to_resume_at():
+    t = object.__new__(_Trainer)
+    _Base.__init__(t)
     t.apply_run_settings({"COSAM_EPOCHS": "4", "COSAM_SNAPSHOTS": "1,3", "COSAM_SEED": "5"})
     assert t.num_epochs == 4 and t.save_every == 1 and t.seed == 5
     for _ in range(4):

@@ -1,10 +1,10 @@
-"""The score threshold picked on validation cases (cosam_nn.calibration) and carried by the weights."""
+"""The score threshold picked on validation cases (cosam_nn.training.calibration) and carried by the weights."""
 from dataclasses import replace
 
 import pytest
 import torch
 
-from cosam_nn.calibration import calibrate, dice_from_counts, node_f_score, pick_threshold, tile_starts
+from cosam_nn.training.calibration import calibrate, dice_from_counts, node_f_score, pick_threshold, tile_starts
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.cosam import Candidates, CoSAM
 
@@ -116,7 +116,7 @@ def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes(monkey
     assert model.threshold == 0.5
     assert logged and "no validation cases" in logged[0]
     # under DDP rank 0 still reaches the broadcast the other ranks wait in
-    import cosam_nn.trainers.CoSAMTrainer as module
+    import cosam_nn.training.trainer as module
     sent = []
     trainer.is_ddp, trainer.network = True, SimpleNamespace(module=model)
     monkeypatch.setattr(module.dist, "broadcast", lambda tensor, src: sent.append((float(tensor), src)))
@@ -127,10 +127,10 @@ def test_a_fold_without_validation_cases_keeps_the_threshold_and_finishes(monkey
 def test_the_trainers_calibrate_on_f2_and_the_f1_variant_on_f1(monkeypatch):
     from contextlib import nullcontext
     from types import SimpleNamespace
-    import cosam_nn.trainers.CoSAMTrainer as module
+    import cosam_nn.training.trainer as module
     from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
-    from cosam_nn.trainers.CoSAMTrainer_variants import (CoSAMTrainer_f1Calibration, CoSAMTrainerSmall,
-                                                         CoSAMTrainerSmall_f1Calibration)
+    from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainerSmall
+    from cosam_nn.trainers.CoSAMTrainer_alternatives import CoSAMTrainer_f1Calibration, CoSAMTrainerSmall_f1Calibration
     assert CoSAMTrainer.calibration_recall_weight == CoSAMTrainerSmall.calibration_recall_weight == 2.0
     assert CoSAMTrainer_f1Calibration.calibration_recall_weight == 1.0
     assert CoSAMTrainerSmall_f1Calibration.calibration_recall_weight == 1.0

@@ -1,6 +1,5 @@
 from dataclasses import replace
 
-import pytest
 import torch
 
 from cosam_nn.modeling.config import CoSAMConfig
@@ -84,31 +83,6 @@ def test_symmetric_masks_keep_usams_outline_where_the_default_grows_it():
     assert areas[False] > areas[True]
 
 
-def test_flat_masks_keep_the_outline_and_give_every_mask_pixel_the_score():
-    from cosam_nn.modeling.cosam import Candidates
-    # two kept boxes on slice 0, soft U-SAM masks (a ramp from the centre): most pixels of each mask lie
-    # below its cap, so the capped paste's mean probability over a mask is below the detection's score
-    yy, xx = torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="ij")
-    ramp = 6.0 - ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt() / 2  # > 0 within 12 px of the centre
-    scores = torch.tensor([0.9, 0.7])
-    cand = Candidates(boxes=torch.zeros(2, 5, 4), present=torch.tensor([[True] + [False] * 4] * 2), scores=scores,
-                      masks=torch.stack([ramp, ramp]), owner=torch.tensor([0, 1]), slice_id=torch.tensor([0, 0]),
-                      regions=torch.tensor([[0.0, 0, 32, 32], [40.0, 40, 72, 72]]))
-    pasted = {}
-    for flat in (False, True):
-        model = CoSAM(replace(CoSAMConfig.small(window=5), flat_masks=flat))
-        fg = torch.full((5, 80, 80), BACKGROUND_LOGIT)
-        model.paste(fg, cand, torch.tensor([0, 1]))
-        pasted[flat] = fg
-    assert torch.equal(pasted[True] > 0, pasted[False] > 0)  # the same outline
-    for region, score in ((slice(0, 32), 0.9), (slice(40, 72), 0.7)):
-        inside = pasted[True][0, region, region] > 0
-        assert inside.sum() > 20
-        torch.testing.assert_close(pasted[True][0, region, region][inside].sigmoid().mean(), torch.tensor(score))
-        assert pasted[False][0, region, region][inside].sigmoid().mean() < score - 0.02
-        assert torch.all(pasted[True][0, region, region][~inside] == -torch.logit(torch.tensor(score)))
-
-
 def test_paper_size_trains_a_step_and_detects():
     """The paper-size model (ViT-B U-SAM on 224-pixel crops, 256-channel detector) through one training
     step of each phase and one inference, on one small window with few crops: shape or config bugs at
@@ -164,42 +138,3 @@ def test_near_copies_of_a_proposal_are_segmented_once_with_segment_nms():
     for nms_iou in (0.5, CoSAMConfig.small().segment_nms_iou, CoSAMConfig.paper().segment_nms_iou):
         order, present = CoSAM(replace(cfg, segment_nms_iou=nms_iou))._proposals_to_segment(det, 0, threshold=0.5)
         assert order.tolist() == [0, 2] and present.shape == (2, length)
-
-
-def test_mask_image_features_measure_the_image_under_and_around_the_mask():
-    from cosam_nn.modeling.ccm import mask_image_features
-    crops = torch.full((3, 1, 8, 8), -1.0)
-    crops[:, :, 2:4, 2:4] = 2.0
-    masks = torch.full((3, 1, 8, 8), -5.0)
-    masks[0, :, 2:4, 2:4] = 3.0           # exactly the bright square
-    masks[1, :, 2:6, 2:6] = 3.0           # the square and as much darker rim
-    feats = mask_image_features(crops, masks)  # the third mask is empty
-    assert feats[0, 0] == 2.0 and feats[0, 1] == -1.0
-    assert feats[1, 0] == (4 * 2.0 + 12 * -1.0) / 16 and feats[1, 1] == -1.0
-    assert feats[2, 0] == 0.0 and feats[2, 2] == 0.0
-    assert 0 < feats[0, 2] < feats[1, 2]  # larger mask, larger size feature
-    assert mask_image_features(crops, masks[:, 0]).equal(feats)
-
-
-def test_the_ccm_reads_the_image_in_each_boxs_crop_averaged_per_proposal():
-    torch.manual_seed(0)
-    model = CoSAM(replace(CoSAMConfig.small(window=5), ccm_image_features=True)).eval()
-    window = torch.zeros(1, 1, 5, 64, 64)
-    window[0, 0, 1] = 3.0                  # slice 1 bright, the others 0
-    boxes = torch.tensor([[24.0, 24, 32, 32]]).repeat(3, 1)  # crops lie inside the 64 x 64 slices
-    slice_index, owner = torch.tensor([1, 2, 1]), torch.tensor([0, 0, 1])
-    size = model.cfg.usam.img_size
-    masks = torch.full((3, 1, size, size), 4.0)  # every crop pixel inside the mask
-    seen = {}
-
-    def record(tokens, seq, image):
-        seen["image"] = image
-        return torch.zeros(len(seq), 2)
-    model.ccm.forward = record
-    model.ccm_logits(window, slice_index, crop_regions(boxes, model.cfg.crop_size), masks, torch.zeros(3, 8),
-                     owner, torch.zeros(2, 4))
-    # proposal 0 has a box on slice 1 (mean 3) and one on slice 2 (mean 0); proposal 1 one on slice 1
-    torch.testing.assert_close(seen["image"][:, 0], torch.tensor([1.5, 3.0]))
-    built = CoSAM(replace(CoSAMConfig.small(window=5), ccm_image_features=True)).ccm
-    with pytest.raises(ValueError, match="image features"):
-        built(torch.zeros(2, 64), torch.zeros(2, 64))

@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_planned_dataset, run_cli
 from cosam_nn.trainer_dir import trainer_dir
-from cosam_nn.trainers.CoSAMTrainer import forced_foreground_share, voxel_matched_batch
+from cosam_nn.training.recipe import forced_foreground_share, voxel_matched_batch
 
 TRAINER = "CoSAMTrainerSmall"
 
@@ -120,7 +120,7 @@ def test_cosam_small_trains_resumes_and_predicts(tmp_path, nnunet_env):
 
 
 def test_user_mistakes_stop_in_one_line_before_any_folder_is_made(tmp_path, nnunet_env):
-    from cosam_nn.trainers.CoSAMTrainer_variants import CoSAMTrainerSmall
+    from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainerSmall
 
     with pytest.raises(SystemExit, match="3D configuration"):
         CoSAMTrainerSmall({"configurations": {"2d": {"patch_size": [96, 96], "batch_size": 12}}}, "2d", 0, {})
@@ -134,7 +134,7 @@ def test_user_mistakes_stop_in_one_line_before_any_folder_is_made(tmp_path, nnun
 
 def test_paper_size_needs_the_sam_checkpoint_or_an_explicit_none():
     from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainer
-    from cosam_nn.trainers.CoSAMTrainer_variants import CoSAMTrainerSmall
+    from cosam_nn.trainers.CoSAMTrainer import CoSAMTrainerSmall
 
     with pytest.raises(SystemExit, match="COSAM_SAM_CHECKPOINT=none to train U-SAM from scratch on purpose"):
         CoSAMTrainer.read_sam_checkpoint_setting({})

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from cosam_nn.modeling.sequence_detector import node_balanced_weights
-from cosam_nn.node_sampling import balanced_locations, clamp_into_window, node_balanced, windows_inside
+from cosam_nn.training.node_sampling import balanced_locations, clamp_into_window, node_balanced, windows_inside
 
 
 def _two_nodes():

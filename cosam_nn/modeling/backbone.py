@@ -19,22 +19,15 @@ class SliceBackbone(nn.Module):
 
     Encoder stages at strides 1, 2, 4, 8, 16; the deeper two are upsampled and added back at
     stride 4 (a feature pyramid top-down path), so small nodes keep resolution and gain context.
-
-    With `fine`, the top-down path goes on to stride 2 (FPN's P2), for RoIs of nodes a few pixels
-    wide. Its map is packed into the stride-4 output, each 2 x 2 block as channels
-    (`pixel_unshuffle`): features (N, 5 x feature_dim, H/4, W/4), `split_levels` unpacks them. One
-    tensor per slice keeps the per-slice batching and the feature cache as they are.
     """
 
-    def __init__(self, channels=(32, 64, 128, 256), feature_dim=128, fine=False):
+    def __init__(self, channels=(32, 64, 128, 256), feature_dim=128):
         super().__init__()
         c1, c2, c4, c8 = channels
         self.stages = nn.ModuleList([conv_block(1, c1), conv_block(c1, c2, 2), conv_block(c2, c4, 2),
                                      conv_block(c4, c8, 2), conv_block(c8, c8, 2)])
         self.lateral = nn.ModuleList([nn.Conv2d(c, feature_dim, 1) for c in (c4, c8, c8)])
         self.out = _output_conv(feature_dim)
-        self.fine_lateral = nn.Conv2d(c2, feature_dim, 1) if fine else None
-        self.fine_out = _output_conv(feature_dim) if fine else None
 
     def forward(self, x):
         feats = []
@@ -44,22 +37,7 @@ class SliceBackbone(nn.Module):
         top = self.lateral[2](feats[4])
         top = self.lateral[1](feats[3]) + F.interpolate(top, size=feats[3].shape[-2:], mode="nearest")
         top = self.lateral[0](feats[2]) + F.interpolate(top, size=feats[2].shape[-2:], mode="nearest")
-        coarse = self.out(top)
-        if self.fine_lateral is None:
-            return coarse
-        fine = self.fine_lateral(feats[1]) + F.interpolate(top, size=feats[1].shape[-2:], mode="nearest")
-        fine = self.fine_out(fine)
-        h, w = coarse.shape[-2:]  # an odd stride-2 map is padded to twice the stride-4 one
-        fine = F.pad(fine, (0, 2 * w - fine.shape[-1], 0, 2 * h - fine.shape[-2]))
-        return torch.cat([coarse, F.pixel_unshuffle(fine, 2)], 1)
-
-
-def split_levels(feats, feature_dim):
-    """Packed features (..., C', h, w) -> (stride 4 (..., feature_dim, h, w), stride 2 (..., feature_dim,
-    2h, 2w) or None when the backbone has no fine level)."""
-    if feats.shape[-3] == feature_dim:
-        return feats, None
-    return feats[..., :feature_dim, :, :], F.pixel_shuffle(feats[..., feature_dim:, :, :], 2)
+        return self.out(top)
 
 
 class SliceFeatureCache:

@@ -8,27 +8,19 @@ class DetectorConfig:
     channels: tuple = (32, 64, 128, 256)  # backbone stages at strides 1, 2, 4, 8 (... then 16)
     feature_dim: int = 128               # per-slice feature map at stride 4
     roi_size: int = 7
-    roi_sampling_ratio: int = 2          # bilinear samples per RoI bin and axis (torchvision's roi_align)
-    fine_roi_below: float = 0.0          # px (0: off): proposals smaller than this are RoI-pooled at stride 2
     token_dim: int = 256
     encoder_layers: int = 2
     decoder_layers: int = 2
     heads: int = 8
-    anchor_sizes: tuple = (8,)           # px, square anchors at each stride-4 location (one set of outputs each)
-    anchor_size_quota: bool = False      # with several anchor sizes: NMS within each, an equal share of proposals each
+    anchor_size: int = 8                 # px, the square anchor at each stride-4 location
     pre_nms_top_k: int = 2000
     train_proposals: int = 256
     test_proposals: int = 100
-    dense_ranking: bool = True           # inference: rank stage-1 proposals by objectness x the dense head
     proposal_nms_iou: float = 0.7
     positive_iou: float = 0.4            # stage 2: proposal <-> node match, IoU of the boxes grown by match_margin
     match_margin: float = 2.0            # px on each side: a 1 px miss of a 4 px node keeps IoU 0.62, not 0.39
-    centre_match_below: float = 0.0      # px (0: off): nodes smaller than this also match boxes centred on them
     true_tube_copies: int = 1            # jittered copies of each true tube added to the proposals in training
     node_balanced_objectness: bool = True  # each node's stage-1 positives weigh the same in total
-    node_balanced_boxes: bool = False    # ... in stage 1's box and presence losses too
-    node_balanced_dense: bool = False    # ... in the auxiliary dense loss (its head ranks proposals)
-    node_balanced_class: bool = False    # ... and the proposals matched to each node in stage 2's class loss
     feature_cache_mib: int = 256         # CPU inference: backbone features of recent slices (0: off)
 
     def __post_init__(self):
@@ -68,7 +60,6 @@ class CoSAMConfig:
     usam: USAMConfig = field(default_factory=USAMConfig)
     crop_size: int = 112                 # slice pixels around a box that U-SAM sees
     ccm_hidden: int = 256
-    ccm_image_features: bool = False     # the CCM also reads the image's mean inside/around U-SAM's mask and its size
     score_threshold: float = 0.5         # final (detector x CCM) score to keep a box
     presence_threshold: float = 0.5
     nms_iou: float = 0.3
@@ -80,7 +71,6 @@ class CoSAMConfig:
     train_slices_per_proposal: int = 2   # of a proposal's slices, how many U-SAM segments in training
     prompt_jitter: float = 20.0          # random 0..jitter px margin on true prompt boxes (released U-SAM)
     symmetric_masks: bool = True         # inference: a mask's background side as low as -its score's logit
-    flat_masks: bool = False             # inference: a mask's inside at its score's logit (node mean probability = score)
 
     @classmethod
     def paper(cls, window=9):

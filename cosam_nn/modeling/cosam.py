@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from cosam_nn.modeling.crops import boxes_in_crops, crop_regions, crop_slices, paste_crop
-from cosam_nn.modeling.ccm import CollaborativeClassifier, mask_image_features, mean_token_per_proposal
+from cosam_nn.modeling.ccm import CollaborativeClassifier, mean_token_per_proposal
 from cosam_nn.modeling.common import LOGIT_BOUND, window_slices
 from cosam_nn.modeling.config import CoSAMConfig
 from cosam_nn.modeling.sequence_detector import SequenceDetector
@@ -86,8 +86,8 @@ class CoSAM(nn.Module):
         self.cfg = cfg
         self.detector = SequenceDetector(cfg.detector)
         self.usam = USAM(cfg.usam)
-        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim, cfg.ccm_hidden,
-                                           cfg.ccm_image_features) if cfg.use_ccm else None
+        self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim,
+                                           cfg.ccm_hidden) if cfg.use_ccm else None
         self.register_buffer("score_threshold", torch.tensor(float(cfg.score_threshold)))
 
     def segment_boxes(self, window, slice_index, boxes):
@@ -104,16 +104,10 @@ class CoSAM(nn.Module):
         masks, iou, tokens = self.usam(crops, list(prompts.unsqueeze(1)))
         return masks, iou, tokens, regions
 
-    def ccm_logits(self, window, slice_index, regions, masks, tokens, owner, seq_features):
-        """CCM logits (N, 2) of N proposals from their boxes' U-SAM outputs: masks (M, 1, S, S) and
-        mask tokens (M, P) of boxes on slices slice_index (M,) of window, cropped at regions (M, 4),
-        owner (M,) the proposal of each box; seq_features (N, D)."""
-        n = len(seq_features)
-        image = None
-        if self.cfg.ccm_image_features:
-            crops = crop_slices(window_slices(window), slice_index, regions, masks.shape[-1])
-            image = mean_token_per_proposal(mask_image_features(crops, masks), owner, n)
-        return self.ccm(mean_token_per_proposal(tokens, owner, n), seq_features, image)
+    def ccm_logits(self, tokens, owner, seq_features):
+        """CCM logits (N, 2) of N proposals: the U-SAM mask tokens (M, P) of their boxes averaged per
+        proposal (owner (M,) the proposal of each box) beside their sequence features (N, D)."""
+        return self.ccm(mean_token_per_proposal(tokens, owner, len(seq_features)), seq_features)
 
     @property
     def threshold(self):
@@ -161,7 +155,7 @@ class CoSAM(nn.Module):
         index = i * length + slice_id
         masks, _, tokens, regions = self.segment_boxes(window, index, boxes[owner, slice_id])
         if self.ccm is not None:
-            logits = self.ccm_logits(window, index, regions, masks, tokens, owner, det["seq_features"][i][cand])
+            logits = self.ccm_logits(tokens, owner, det["seq_features"][i][cand])
             ccm_prob = logits.softmax(-1)[:, 1]
             scores = torch.sqrt(scores * ccm_prob)  # both must agree; stays on the probability scale
         return Candidates(boxes, present, scores, masks[:, 0], owner, slice_id, regions)
@@ -187,18 +181,13 @@ class CoSAM(nn.Module):
 
         The mask's background side is floored at BACKGROUND_LOGIT, or with `symmetric_masks` at minus
         the cap, which keeps the outline where U-SAM put it when nnU-Net resamples and averages logits.
-        With `flat_masks` every pixel of the mask takes the cap and every other pixel of its crop the
-        floor: the outline is the same, and a node's mean probability is its detection score, however
-        few of its pixels lie deep inside U-SAM's mask. Off: it ranked specks and fragments up with
-        their detection and lost FROC and AP (bench/RESULTS.md).
         """
         cap = score_logit_cap(cand.scores)
         canvas = torch.full_like(fg, -float("inf"))
         for m in torch.nonzero(torch.isin(cand.owner, kept)).squeeze(1).tolist():
             top = float(cap[cand.owner[m]])
             floor = -top if self.cfg.symmetric_masks else BACKGROUND_LOGIT
-            paste_crop(canvas[cand.slice_id[m]], cand.masks[m].clamp(floor, top), cand.regions[m],
-                       levels=(floor, top) if self.cfg.flat_masks else None)
+            paste_crop(canvas[cand.slice_id[m]], cand.masks[m].clamp(floor, top), cand.regions[m])
         covered = torch.isfinite(canvas)
         fg[covered] = canvas[covered]
 

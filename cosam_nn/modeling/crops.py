@@ -24,13 +24,10 @@ def boxes_in_crops(boxes, regions, size):
     return (boxes - regions[:, [0, 1, 0, 1]]) * scale
 
 
-def paste_crop(canvas, logits, region, levels=None):
-    """Max-paste crop logits (S, S) back into canvas (H, W) over the integer region (4,). With levels
-    (low, high), the resized logits become high where they are > 0 and low elsewhere (same outline)."""
+def paste_crop(canvas, logits, region):
+    """Max-paste crop logits (S, S) back into canvas (H, W) over the integer region (4,)."""
     x0, y0, x1, y1 = (int(v) for v in region.tolist())
     resized = F.interpolate(logits[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0, 0]
-    if levels is not None:
-        resized = torch.where(resized > 0, levels[1], levels[0])
     h, w = canvas.shape
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if cx1 <= cx0 or cy1 <= cy0:

@@ -1,23 +1,23 @@
 """The 2.5D sequence-based detector (paper section 4.2).
 
 Stage 1, dense sequence proposals: at every location of the stride-4 feature grid, the features
-of all L slices at that location (a columnar region) predict, for each anchor size, an objectness
-score and, for each slice, a box and whether the candidate is present on that slice: one proposal
-follows one candidate frame by frame. Screened by score and NMS on the proposals' union boxes.
+of all L slices at that location (a columnar region) predict, for the location's anchor box, an
+objectness score and, for each slice, a box and whether the candidate is present on that slice: one
+proposal follows one candidate frame by frame. At inference proposals are ranked by objectness and
+the auxiliary dense head together (`_dense_ranking`), then screened by NMS on their union boxes.
 
 Stage 2: each proposal's box on each slice is RoI-pooled from that slice's features
 (`torchvision.ops.roi_align`, eq. 1), the L pooled features become L tokens, the sequence
 features (eq. 2), a transformer encoder relates them (eq. 3), and a decoder with learnable queries
 (eq. 4), one per slice and one class query, refines the box and presence per slice and scores the
-proposal. The class token is the proposal's sequence feature handed to the CCM. Optionally
-(`fine_roi_below`) small proposals are pooled from a stride-2 level of the backbone instead.
+proposal. The class token is the proposal's sequence feature handed to the CCM.
 
 Matching: stage 1 assigns a grid location's anchor to the smallest node whose union box (over the
-window) has its centre region around that location (within max(stride, 0.3 x size) of the centre)
-and whose size is nearest that anchor's among `anchor_sizes` (log scale);
+window) has its centre region around that location (within max(stride, 0.3 x size) of the centre);
 stage 2 assigns a proposal to the node of highest `match_quality` (IoU of the union boxes, each
-grown by match_margin pixels, so that a pixel's miss of a tiny node is still a match; optionally any
-box centred on a small node) if that is >= positive_iou, and the true tubes and jittered copies of them are added to the proposals in training. Losses: sigmoid focal loss for the dense
+grown by match_margin pixels, so that a pixel's miss of a tiny node is still a match) if that is
+>= positive_iou, and the true tubes and jittered copies of them are added to the proposals in
+training. Losses: sigmoid focal loss for the dense
 objectness, BCE (calibrated, so that scores can be thresholded) for the proposal class and
 per-slice presence, smooth L1 on box deltas plus GIoU loss on decoded boxes on the slices where the
 node is present, and an auxiliary per-slice focal loss on each slice's features (cells inside a
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss, nms, roi_align, sigmoid_focal_loss
 
-from cosam_nn.modeling.backbone import SliceBackbone, SliceFeatureCache, run_per_slice, split_levels
+from cosam_nn.modeling.backbone import SliceBackbone, SliceFeatureCache, run_per_slice
 from cosam_nn.modeling.config import DetectorConfig
 from cosam_nn.node_geometry import union_boxes
 
@@ -38,6 +38,7 @@ _MAX_LOG_SCALE = 4.0
 
 PRIOR_LOGIT = -4.6            # objectness starts at 0.01, as in focal-loss detectors (RetinaNet)
 PADDING_SCORE_LOGIT = -20.0   # score of the padding rows of a batch of proposals: never kept
+ROI_SAMPLING_RATIO = 2        # bilinear samples per RoI bin and axis (torchvision's roi_align)
 
 
 def encode_boxes(reference, boxes):
@@ -75,33 +76,10 @@ def match_iou(boxes, targets, margin):
     return box_iou(boxes + grow, targets.to(boxes.device) + grow)
 
 
-def centred_on_small_node(boxes, targets, below, stride):
-    """(N, T) bool: box n is centred on target t, a node whose long side is under `below` px: the
-    centres lie within max(stride / 2, half the node's size) on each axis and the box is at most
-    two strides larger than the node.
-
-    Stage 1's boxes stay near their anchor's size (about 10 px) after a short training, so a
-    centred box around a 3-5 px node has grown IoU under 0.4 and would teach stage 2, the CCM and
-    U-SAM to reject the very proposals that find small nodes. Matched, they teach stage 2 to shrink
-    them and U-SAM to segment the node inside.
-    """
-    targets = targets.to(boxes.device)
-    size = (targets[:, 2:] - targets[:, :2]).amax(1)  # (T,)
-    box_size = (boxes[:, 2:] - boxes[:, :2]).amax(1)  # (N,)
-    offset = (((boxes[:, None, :2] + boxes[:, None, 2:]) - (targets[None, :, :2] + targets[None, :, 2:])) / 2).abs().amax(-1)
-    reach = torch.clamp(size / 2, min=stride / 2)
-    return (size < below) & (offset <= reach) & (box_size[:, None] <= size + 2 * stride)
-
-
 def match_quality(boxes, targets, cfg):
-    """(N, T) match of proposals' union boxes (N, 4) with nodes' (T, 4) by the detector config's rule:
-    `match_iou`, raised to `positive_iou` where a box is `centred_on_small_node` (if
-    `centre_match_below` > 0). A pair matches when this is >= positive_iou."""
-    quality = match_iou(boxes, targets, cfg.match_margin)
-    if cfg.centre_match_below > 0 and quality.numel():
-        centred = centred_on_small_node(boxes, targets, cfg.centre_match_below, cfg.stride)
-        quality = torch.where(centred, quality.clamp(min=cfg.positive_iou), quality)
-    return quality
+    """(N, T) match of proposals' union boxes (N, 4) with nodes' (T, 4) by the detector config's rule
+    (`match_iou` with `match_margin`); a pair matches when this is >= positive_iou."""
+    return match_iou(boxes, targets, cfg.match_margin)
 
 
 def dense_cells(anchors, target, stride):
@@ -120,17 +98,6 @@ def dense_cells(anchors, target, stride):
 def dense_targets(anchors, target, stride):
     """(L, h, w) float: 1 where a grid cell overlaps a node's box on that slice (`dense_cells`)."""
     return dense_cells(anchors, target, stride).any(-1).float()
-
-
-def node_balanced_cell_weights(cells):
-    """Dense-loss weights (L, h, w) from `dense_cells` (L, h, w, N): background 1, and each node's
-    cells share the same total, the mean number of cells per node (a cell of two nodes takes the
-    larger weight). A 20 px node covers about 25 cells a slice, a 4 px node one to four: unweighted,
-    the dense head, by which inference ranks stage 1's proposals, learns mostly large nodes."""
-    if not cells.any():
-        return torch.ones(cells.shape[:3], device=cells.device)
-    weights = (cells.float() * _node_shares(cells.flatten(0, 2).sum(0).float())).amax(-1)
-    return torch.where(cells.any(-1), weights, torch.ones_like(weights))
 
 
 def _node_shares(counts):
@@ -173,23 +140,20 @@ class Proposals:
     scores: torch.Tensor
 
 
-def _box_losses(pred_boxes, pred_deltas, target_boxes, reference, weight_mask, weights=None):
-    """Smooth L1 on deltas + GIoU on boxes, over the entries (P, L) where weight_mask is True: their
-    mean, or with `weights` (P,) the mean weighted by each proposal's weight."""
+def _box_losses(pred_boxes, pred_deltas, target_boxes, reference, weight_mask):
+    """Smooth L1 on deltas + GIoU on boxes, their means over the entries (P, L) where weight_mask is True."""
     if not weight_mask.any():
         zero = pred_deltas.sum() * 0.0
         return zero, zero
-    w = (torch.ones(weight_mask.shape, device=weight_mask.device) if weights is None
-         else weights.unsqueeze(1).expand(weight_mask.shape))[weight_mask]
     target_deltas = encode_boxes(reference[weight_mask], target_boxes[weight_mask])
     l1 = F.smooth_l1_loss(pred_deltas[weight_mask], target_deltas, beta=1 / 9, reduction="none").mean(-1)
     giou = generalized_box_iou_loss(pred_boxes[weight_mask], target_boxes[weight_mask], reduction="none")
-    return (l1 * w).sum() / w.sum(), (giou * w).sum() / w.sum()
+    return l1.mean(), giou.mean()
 
 
 class ProposalHead(nn.Module):
-    """Columnar features (B, L, C, h, w) -> for A anchors per location: objectness (B, h, w, A),
-    deltas (B, h, w, A, L, 4), presence (B, h, w, A, L)."""
+    """Columnar features (B, L, C, h, w) -> for the one anchor (A = 1) per location: objectness
+    (B, h, w, A), deltas (B, h, w, A, L, 4), presence (B, h, w, A, L)."""
 
     def __init__(self, window, channels, anchors=1):
         super().__init__()
@@ -222,8 +186,8 @@ class SequenceDetector(nn.Module):
         super().__init__()
         self.cfg = cfg
         length, c, d = cfg.window, cfg.feature_dim, cfg.token_dim
-        self.backbone = SliceBackbone(cfg.channels, c, fine=cfg.fine_roi_below > 0)
-        self.proposal_head = ProposalHead(length, c, len(cfg.anchor_sizes))
+        self.backbone = SliceBackbone(cfg.channels, c)
+        self.proposal_head = ProposalHead(length, c)
         self.dense_head = nn.Conv2d(c, 1, 1)  # auxiliary: is this cell inside a node's box on its slice?
         nn.init.constant_(self.dense_head.bias, PRIOR_LOGIT)
         self.roi_embed = nn.Sequential(nn.Flatten(1), nn.Linear(c * cfg.roi_size ** 2, d), nn.ReLU(inplace=True))
@@ -267,14 +231,9 @@ class SequenceDetector(nn.Module):
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * sy
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * sx
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-        half = torch.tensor(self.cfg.anchor_sizes, device=device, dtype=torch.float32) / 2
+        half = self.cfg.anchor_size / 2
         cx, cy = cx[..., None], cy[..., None]
-        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # (h, w, A, 4)
-
-    def _anchor_level(self, sizes):
-        """Index of the anchor size nearest each node size (N,), on a log scale."""
-        anchor = torch.tensor(self.cfg.anchor_sizes, device=sizes.device, dtype=torch.float32)
-        return (sizes.clamp(min=1.0).log()[:, None] - anchor.log()).abs().argmin(1)
+        return torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # (h, w, A = 1, 4)
 
     def _assign_locations(self, anchors, target):
         """Index of the node assigned to each location's anchor (h, w, A), -1 for background."""
@@ -287,9 +246,7 @@ class SequenceDetector(nn.Module):
         uw, uh = union[:, 2] - union[:, 0], union[:, 3] - union[:, 1]
         rx = torch.clamp(0.3 * uw, min=self.cfg.stride)
         ry = torch.clamp(0.3 * uh, min=self.cfg.stride)
-        level = self._anchor_level((uw * uh).sqrt())
-        inside = (((cx[..., None] - ux).abs() <= rx) & ((cy[..., None] - uy).abs() <= ry)
-                  & (level == torch.arange(a, device=anchors.device)[:, None]))  # (h, w, A, N)
+        inside = ((cx[..., None] - ux).abs() <= rx) & ((cy[..., None] - uy).abs() <= ry)  # (h, w, A, N)
         area = torch.where(inside, (uw * uh).expand_as(inside), torch.full_like(inside, float("inf"), dtype=torch.float32))
         best = area.argmin(-1)
         return torch.where(inside.any(-1), best, torch.full_like(best, -1))
@@ -298,15 +255,11 @@ class SequenceDetector(nn.Module):
         """Auxiliary per-slice loss (as in Retina U-Net): focal loss of a 1x1 head on each slice's
         features against `dense_targets`. Dense supervision teaches the backbone what a node looks
         like far sooner than the few positive locations of the objectness alone: without it, the
-        small detector often found nothing after 320 CPU iterations. With `node_balanced_dense` each
-        node's cells weigh the same in total (`node_balanced_cell_weights`)."""
+        small detector often found nothing after 320 CPU iterations."""
         b, length, _, h, w = feats.shape
         logits = self.dense_head(feats.flatten(0, 1)).view(b, length, h, w)
-        cells = [dense_cells(anchors, t, self.cfg.stride) for t in targets]
-        target = torch.stack([c.any(-1).float() for c in cells])
+        target = torch.stack([dense_targets(anchors, t, self.cfg.stride) for t in targets])
         loss = sigmoid_focal_loss(logits, target, reduction="none")
-        if self.cfg.node_balanced_dense:
-            loss = loss * torch.stack([node_balanced_cell_weights(c) for c in cells])
         return loss.sum() / max(1.0, float(target.sum()))
 
     def _stage1_losses(self, objectness, deltas, presence, anchors, targets):
@@ -325,12 +278,11 @@ class SequenceDetector(nn.Module):
             t_present = target.present.to(anchors.device)[nodes]  # (P, L)
             ref = anchors[pos].unsqueeze(1).expand_as(t_boxes)
             pred = decode_boxes(ref, deltas[b][pos])
-            w = balanced[pos] if self.cfg.node_balanced_boxes else torch.ones(len(nodes), device=anchors.device)
-            l1, giou = _box_losses(pred, deltas[b][pos], t_boxes, ref, t_present, w)
+            l1, giou = _box_losses(pred, deltas[b][pos], t_boxes, ref, t_present)
             box_l1.append(l1)
             box_giou.append(giou)
-            pres.append((F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float(), reduction="none")
-                         .mean(1) * w).sum() / w.sum())
+            pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float(), reduction="none")
+                        .mean(1).mean())
         obj_t = torch.stack(obj_t)
         num_pos = max(1.0, float(obj_t.sum()))
         zero = objectness.sum() * 0.0
@@ -350,15 +302,13 @@ class SequenceDetector(nn.Module):
         return torch.logit(torch.sqrt(objectness.sigmoid() * dense.sigmoid()), eps=1e-6)
 
     def _stage1(self, window, targets=None):
-        """Backbone features (stride 4 (B, L, C, h, w), stride 2 (B, L, C, 2h, 2w) or None), stage 1's
-        maps, the anchors, and the scores by which its proposals are ranked (the objectness, or at
-        inference with dense_ranking, `_dense_ranking`)."""
-        feats, fine = split_levels(run_per_slice(self.backbone, window, self._cache_for(window, targets)),
-                                   self.cfg.feature_dim)
+        """Backbone features (B, L, C, h, w) at stride 4, stage 1's maps, the anchors, and the scores
+        by which its proposals are ranked (the objectness in training, `_dense_ranking` at inference)."""
+        feats = run_per_slice(self.backbone, window, self._cache_for(window, targets))
         objectness, deltas, presence = self.proposal_head(feats)
         anchors = self._anchors(feats.shape[-2], feats.shape[-1], window.shape[-2:], window.device)
-        rank = self._dense_ranking(objectness, feats) if targets is None and self.cfg.dense_ranking else objectness
-        return (feats, fine), objectness, deltas, presence, anchors, rank
+        rank = self._dense_ranking(objectness, feats) if targets is None else objectness
+        return feats, objectness, deltas, presence, anchors, rank
 
     @torch.no_grad()
     def _screen(self, objectness, deltas, presence, anchors, image_hw, keep, pre_nms_top_k=None, nms_iou=None):
@@ -381,23 +331,9 @@ class SequenceDetector(nn.Module):
             union = union_boxes(boxes, present)
             valid = ((union[:, 2] - union[:, 0]) > 0.5) & ((union[:, 3] - union[:, 1]) > 0.5)
             idx = torch.nonzero(valid).squeeze(1)
-            sizes = len(self.cfg.anchor_sizes)
-            if self.cfg.anchor_size_quota and sizes > 1:
-                idx = self._quota_per_anchor_size(union, scores[top], top % sizes, sizes, idx, nms_iou, keep)
-            else:
-                idx = idx[nms(union[idx], scores[top][idx], nms_iou)[:keep]]
+            idx = idx[nms(union[idx], scores[top][idx], nms_iou)[:keep]]
             out.append(Proposals(boxes[idx], present[idx], scores[top][idx]))
         return out
-
-    @staticmethod
-    def _quota_per_anchor_size(union, scores, level, sizes, idx, nms_iou, keep):
-        """Of the candidates idx: NMS within each anchor size (level, 0..sizes - 1), then the best
-        keep / sizes of each, best first overall. Ranked together, one size's objectness can fill every
-        slot (the 16 px anchors did, pushing the 4 px anchors' boxes of small nodes to ranks 87-276)."""
-        kept = batched_nms(union[idx], scores[idx], level[idx], nms_iou)
-        chosen = torch.cat([kept[level[idx][kept] == a][: -(-keep // sizes)] for a in range(sizes)])
-        chosen = chosen[scores[idx][chosen].argsort(descending=True)][:keep]
-        return idx[chosen]
 
     # ---- stage 2 ------------------------------------------------------------------------------
     def _with_true_tubes(self, proposals, targets):
@@ -426,15 +362,15 @@ class SequenceDetector(nn.Module):
             boxes[b, :k], present[b, :k], valid[b, :k] = p.boxes[:k], p.present[:k], True
         return boxes, present, valid
 
-    def _stage2(self, levels, boxes, present, image_hw):
-        """levels: features at stride 4 (B, L, C, h, w) and 2 (or None); boxes (B, N, L, 4) -> refined
-        boxes, presence, score logits, seq features."""
+    def _stage2(self, feats, boxes, present, image_hw):
+        """feats (B, L, C, h, w) at stride 4; boxes (B, N, L, 4) -> refined boxes, presence, score
+        logits, seq features."""
         b, n, length, _ = boxes.shape
         union = union_boxes(boxes.flatten(0, 1), present.flatten(0, 1)).view(b, n, 1, 4)
         rois = torch.where(present.unsqueeze(-1), boxes, union.expand_as(boxes))  # (B, N, L, 4)
         rois = torch.where((rois[..., 2:] - rois[..., :2]).amin(-1, keepdim=True) > 0, rois,
                            rois + torch.tensor([0.0, 0.0, 1.0, 1.0], device=rois.device))
-        pooled = self._pool(levels, rois, union.view(b, n, 4), image_hw)
+        pooled = self._pool(feats, rois, image_hw)
         hw = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], device=rois.device, dtype=rois.dtype)
         tokens = (self.roi_embed(pooled).view(b * n, length, -1) + self.slice_embed
                   + self.box_embed(rois.reshape(b * n, length, 4) / hw)
@@ -447,31 +383,18 @@ class SequenceDetector(nn.Module):
         scores = self.class_head(out[:, length]).view(b, n)
         return refined, deltas, rois, presence, scores, out[:, length].view(b, n, -1)
 
-    def _pool(self, levels, rois, union, image_hw):
-        """RoI features (B * N * L, C, roi_size, roi_size) of rois (B, N, L, 4); with a stride-2 level,
-        a proposal whose union box (B, N, 4) is under `fine_roi_below` px on both axes is pooled there:
-        a 6 px node covers 1-2 cells at stride 4."""
-        feats, fine = levels
+    def _pool(self, feats, rois, image_hw):
+        """RoI features (B * N * L, C, roi_size, roi_size) of rois (B, N, L, 4), each from its slice."""
         b, n, length, _ = rois.shape
         image_index = (torch.arange(b, device=rois.device).view(b, 1, 1) * length
                        + torch.arange(length, device=rois.device).view(1, 1, length)).expand(b, n, length)
         rois = torch.cat([image_index.reshape(-1, 1).to(rois.dtype), rois.reshape(-1, 4)], 1)
         scale = feats.shape[-1] / image_hw[1]
-        pooled = roi_align(feats.flatten(0, 1), rois, self.cfg.roi_size, spatial_scale=scale,
-                           sampling_ratio=self.cfg.roi_sampling_ratio, aligned=True)
-        if fine is None:
-            return pooled
-        size = (union[..., 2:] - union[..., :2]).amax(-1)  # (B, N)
-        small = (size < self.cfg.fine_roi_below).unsqueeze(-1).expand(b, n, length).reshape(-1)
-        if small.any():
-            pooled = pooled.clone()
-            pooled[small] = roi_align(fine.flatten(0, 1), rois[small], self.cfg.roi_size, spatial_scale=2 * scale,
-                                      sampling_ratio=self.cfg.roi_sampling_ratio, aligned=True).to(pooled.dtype)
-        return pooled
+        return roi_align(feats.flatten(0, 1), rois, self.cfg.roi_size, spatial_scale=scale,
+                         sampling_ratio=ROI_SAMPLING_RATIO, aligned=True)
 
     def _stage2_losses(self, refined, deltas, rois, presence, scores, boxes, present, valid, targets):
         cls_t = torch.zeros_like(scores)
-        cls_w = torch.ones_like(scores)
         l1s, gious, pres = [], [], []
         for b, target in enumerate(targets):
             if len(target) == 0:
@@ -483,15 +406,13 @@ class SequenceDetector(nn.Module):
             if not pos.any():
                 continue
             cls_t[b, pos] = 1.0
-            if self.cfg.node_balanced_class:
-                cls_w[b, pos] = node_balanced_weights(best[pos])
             t_boxes, t_present = tb[best[pos]], tp[best[pos]]
             l1, giou = _box_losses(refined[b][pos], deltas[b][pos], t_boxes, rois[b][pos], t_present)
             l1s.append(l1)
             gious.append(giou)
             pres.append(F.binary_cross_entropy_with_logits(presence[b][pos], t_present.float()))
         zero = refined.sum() * 0.0 + presence.sum() * 0.0
-        cls = F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid], weight=cls_w[valid])
+        cls = F.binary_cross_entropy_with_logits(scores[valid], cls_t[valid])
         return {"det_class": cls,
                 "det_box_l1": torch.stack(l1s).mean() if l1s else zero,
                 "det_box_giou": torch.stack(gious).mean() if gious else zero,
@@ -501,17 +422,17 @@ class SequenceDetector(nn.Module):
         b, _, length, h, w = window.shape
         if length != self.cfg.window:
             raise ValueError(f"window of {length} slices given to a detector built for {self.cfg.window}")
-        levels, objectness, deltas, presence, anchors, rank = self._stage1(window, targets)
+        feats, objectness, deltas, presence, anchors, rank = self._stage1(window, targets)
         keep = self.cfg.train_proposals if targets is not None else self.cfg.test_proposals
         proposals = self._screen(rank, deltas, presence, anchors, (h, w), keep)
         losses = {}
         if targets is not None:
             losses.update(self._stage1_losses(objectness, deltas, presence, anchors, targets))
-            losses["rpn_dense"] = self._dense_loss(levels[0], anchors, targets)
+            losses["rpn_dense"] = self._dense_loss(feats, anchors, targets)
             proposals = self._with_true_tubes(proposals, targets)
         n = max(1, max(len(p.scores) for p in proposals))
         boxes, present, valid = self._pad(proposals, n)
-        refined, d2, rois, pres2, scores, seq = self._stage2(levels, boxes, present, (h, w))
+        refined, d2, rois, pres2, scores, seq = self._stage2(feats, boxes, present, (h, w))
         if targets is not None:
             losses.update(self._stage2_losses(refined, d2, rois, pres2, scores, boxes, present, valid, targets))
         scores = torch.where(valid, scores, torch.full_like(scores, PADDING_SCORE_LOGIT))

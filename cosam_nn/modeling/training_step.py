@@ -25,18 +25,6 @@ from cosam_nn.node_geometry import NodeBoxes, expand_boxes, node_boxes_and_insta
 PHASES = ("pretrain", "joint")
 
 
-def pretrain_epochs(num_epochs, pretrain_fraction):
-    """Epochs of the pretrain phase: the fraction of the epochs, rounded half up, at least one if > 0."""
-    if pretrain_fraction <= 0:
-        return 0
-    return min(num_epochs, max(1, int(pretrain_fraction * num_epochs + 0.5)))
-
-
-def phase_for_epoch(epoch, num_epochs, pretrain_fraction):
-    """'pretrain' for the first `pretrain_epochs` epochs, then 'joint'."""
-    return "pretrain" if epoch < pretrain_epochs(num_epochs, pretrain_fraction) else "joint"
-
-
 def window_targets(labels):
     """labels (B, L, H, W) -> list of (NodeBoxes, instance map tensor (L, H, W))."""
     out = []
@@ -165,7 +153,7 @@ def training_losses(model, window, labels, phase):
         matched = torch.cat([(nodes > 0).long() for _, nodes in chosen])
         if phase == "pretrain":
             tail_tokens, seq = tail_tokens.detach(), seq.detach()
-        logits = model.ccm_logits(window, index[tail], regions[tail], masks[tail], tail_tokens, from_detector[3], seq)
+        logits = model.ccm_logits(tail_tokens, from_detector[3], seq)
         losses["ccm"] = F.cross_entropy(logits, matched)
     elif model.ccm is not None:
         losses["ccm"] = sum(p.sum() for p in model.ccm.parameters()) * 0.0  # keeps DDP's every-parameter rule
