@@ -18,8 +18,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import budget_table, test_set_counts  # noqa: E402
+from cosam_nn.benchmark.tables import budget_table, test_set_counts
 
 
 def load_runs(work, row, budget, seeds=None):

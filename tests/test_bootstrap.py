@@ -1,13 +1,19 @@
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from cosam_nn.benchmark.workfolder import copy_real_cases, patient_of, real_subset
 from cosam_nn.evaluation.bootstrap import compare, verdict
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
+PAIR_RUNS = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "pair_runs.py")
+
+
+def _pair_runs(*args):
+    return subprocess.run([sys.executable, PAIR_RUNS, *args], capture_output=True, text=True)
 
 
 def _case(dice, found, scores_tp, axes=None):
@@ -130,30 +136,25 @@ def _work(tmp_path, name, good, settings=None):
     return str(folder)
 
 
-def test_pair_runs_pairs_two_work_folders_and_refuses_other_test_sets(tmp_path, capsys, monkeypatch):
-    import pair_runs
+def test_pair_runs_pairs_two_work_folders_and_refuses_other_test_sets(tmp_path):
     before, after = _work(tmp_path, "before", False), _work(tmp_path, "after", True)
-    monkeypatch.setattr(sys, "argv", ["pair_runs", before, after, "--draws", "200"])
-    pair_runs.main()
-    out = capsys.readouterr().out
-    assert "CoSAMTrainerSmall (after) - CoSAMTrainerSmall (before)" in out and "**ahead**" in out
+    done = _pair_runs(before, after, "--draws", "200")
+    assert done.returncode == 0, done.stderr
+    assert "CoSAMTrainerSmall (after) - CoSAMTrainerSmall (before)" in done.stdout and "**ahead**" in done.stdout
     other = _work(tmp_path, "other", True, settings={"mode": "quick"})
-    monkeypatch.setattr(sys, "argv", ["pair_runs", before, other])
-    with pytest.raises(SystemExit, match="different benchmark settings"):
-        pair_runs.main()
-    monkeypatch.setattr(sys, "argv", ["pair_runs", before, after, "--seeds", "1"])
-    with pytest.raises(SystemExit, match="no finished 'CoSAMTrainerSmall' run .* with seeds"):
-        pair_runs.main()
+    refused = _pair_runs(before, other)
+    assert refused.returncode != 0 and "different benchmark settings" in refused.stderr
+    refused = _pair_runs(before, after, "--seeds", "1")
+    assert refused.returncode != 0 and "no finished 'CoSAMTrainerSmall' run" in refused.stderr and "seeds" in refused.stderr
 
 
-def test_real_ct_subset_keeps_each_patient_on_one_side_and_names_a_missing_folder(tmp_path, capsys):
-    import compare
+def test_real_ct_subset_keeps_each_patient_on_one_side_and_names_a_missing_folder(tmp_path):
     names = [f"P{p:02d}_R_{k}" for p in range(12) for k in range(1 + p % 3)]
-    train, test = compare.real_subset(names, 8, 6, seed=1)
+    train, test = real_subset(names, 8, 6, seed=1)
     assert len(test) >= 6 and len(train) >= 8 and not set(train) & set(test)
-    assert not {compare.patient_of(n) for n in train} & {compare.patient_of(n) for n in test}
-    assert (train, test) == compare.real_subset(names, 8, 6, seed=1)  # seeded
+    assert not {patient_of(n) for n in train} & {patient_of(n) for n in test}
+    assert (train, test) == real_subset(names, 8, 6, seed=1)  # seeded
     with pytest.raises(SystemExit, match="holds 24 cases; 20 \\+ 10 are needed"):
-        compare.real_subset(names, 20, 10, seed=1)
+        real_subset(names, 20, 10, seed=1)
     with pytest.raises(SystemExit, match="no images/ and labels/ folders"):
-        compare.copy_real_cases(str(tmp_path / "absent"), str(tmp_path / "copy"), 2, 1, seed=0)
+        copy_real_cases(str(tmp_path / "absent"), str(tmp_path / "copy"), 2, 1, seed=0)

@@ -54,6 +54,9 @@ def test_trainer_found_through_nnunet_ext_trainer(monkeypatch):
     assert nnUNet_extTrainer.get() == trainer_dir()
     cls = find_objects.recursive_find_trainer_class_by_name("nnUNetTrainerBudget")
     assert cls.__name__ == "nnUNetTrainerBudget" and issubclass(cls, nnUNetTrainer)
+    # models trained with an experiment variant still load by its name: nnU-Net searches experiments/ too
+    cls = find_objects.recursive_find_trainer_class_by_name("CoSAMTrainerSmall_windowsInside")
+    assert cls.windows_inside_image and cls.__module__ == "experiments.CoSAMTrainer_experiments"
     monkeypatch.delenv("nnUNet_extTrainer")
     with pytest.raises(RuntimeError):
         find_objects.recursive_find_trainer_class_by_name("nnUNetTrainerBudget")
@@ -77,3 +80,21 @@ def test_snapshot_is_saved_after_its_epoch_with_the_epoch_to_resume_at():
     for _ in range(4):
         t.on_epoch_end()
     assert t.saved == [("checkpoint_epoch1.pth", 1), ("checkpoint_epoch3.pth", 3)] and t.current_epoch == 4
+
+
+def test_the_trainer_folder_holds_class_declarations_only():
+    """Behaviour lives in cosam_nn.training; a trainer a user picks only sets class attributes."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cosam_nn.trainers as folder
+    modules = [m.name for m in pkgutil.walk_packages(folder.__path__, "cosam_nn.trainers.")]
+    declared = 0
+    for name in modules:
+        module = importlib.import_module(name)
+        for cls in (c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == name):
+            declared += 1
+            behaviour = [k for k, v in vars(cls).items() if callable(v) or isinstance(v, (classmethod, staticmethod))]
+            assert behaviour == [], f"{name}.{cls.__name__} defines {behaviour}"
+    assert declared >= 25

@@ -1,12 +1,13 @@
-"""bench/phantom_separability.py: how far the phantom's small metastatic nodes lie from its benign ones."""
+"""bench/diagnostics/phantom_separability.py: how far the phantom's small metastatic nodes lie from its
+benign ones."""
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "bench"))
-import phantom_separability as sep  # noqa: E402
+from cosam_nn.benchmark import phantom as sep
 
 
 def test_auc_counts_pairs_and_ties():
@@ -30,7 +31,9 @@ def test_node_values_read_each_nodes_short_axis_mean_and_peak():
     assert mean2 == pytest.approx(10.0 + 90.0 / 48) and peak2 == pytest.approx(20.0)
 
 
-def test_quick_run_prints_both_measures(capsys):
-    assert sep.main(["--quick"]) == 0
-    out = capsys.readouterr().out
+def test_quick_run_prints_both_measures():
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "diagnostics", "phantom_separability.py")
+    done = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "6 test cases" in out and out.count("AUC") == 2 and out.count("benign nodes per case") == 6

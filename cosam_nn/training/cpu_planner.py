@@ -71,8 +71,8 @@ def main(argv=None):
     for d in a.d:
         try:
             path = plan_cpu(d, os.environ["nnUNet_preprocessed"])
-        except RuntimeError as e:  # nnU-Net's 'could not find a dataset with the ID ...'
-            raise SystemExit(f"cosam_plan_cpu: data set {d}: {e}") from None
+        except RuntimeError as e:  # nnU-Net's 'Could not find a dataset with the ID ...' and its folders
+            raise SystemExit(f"cosam_plan_cpu: data set {d}: {str(e).strip().splitlines()[0]}") from None
         print(f"{path}: nnU-Net's plans with {nnUNetPlannerCPU.feature_scale:g} of the features in every stage; "
               f"train and predict with -p {CPU_PLANS}")
     return 0

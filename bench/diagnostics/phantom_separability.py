@@ -1,6 +1,6 @@
 """How far apart are the phantom's small metastatic nodes and its benign nodes, in the image alone?
 
-    python bench/phantom_separability.py [--quick] [--small-mm 5]
+    python bench/diagnostics/phantom_separability.py [--quick] [--small-mm 5]
 
 Draws the test cases of compare.py's synthetic benchmark again (same seed, sizes and node-free share;
 the generator gives the same bytes) together with the benign nodes no label holds, and measures each
@@ -14,41 +14,11 @@ model reaches: the vessels, bowel and the search for the nodes are left out.
 import argparse
 
 import numpy as np
-from scipy import ndimage
 
-from compare import SEED_DATA, SETTINGS
-from cosam_nn.data import synthetic
-from cosam_nn.evaluation.node_measures import node_diameters
+from cosam_nn.benchmark.phantom import auc, benchmark_test_cases, node_values
+from cosam_nn.benchmark.workfolder import SETTINGS
 
 SHARES = (0.4, 0.6, 0.8)
-
-
-def benchmark_test_cases(cfg, seed=SEED_DATA):
-    """(name, image, metastatic instances, benign instances, spacing) of each test case, as compare.py's
-    data (`synthetic.case_draws`, as `cosam_make_synthetic` draws them)."""
-    spacing = synthetic.DEFAULT_SPACING["prln"]
-    for name, in_test, node_free, rng in synthetic.case_draws(cfg["train_cases"] + cfg["test_cases"], seed,
-                                                              cfg["test_cases"], cfg["test_node_free"]):
-        if in_test:
-            img, metastatic, benign = synthetic.make_case(cfg["shape"], spacing, rng, node_free=node_free,
-                                                          with_benign=True)
-            yield name, img.astype(np.float32), metastatic, benign, spacing
-
-
-def node_values(img, instances, spacing):
-    """Per node of an instance map: (short axis mm, mean HU inside, highest 3 x 3 in-plane mean HU inside)."""
-    peak_map = ndimage.uniform_filter(img, (1, 3, 3))
-    rows = []
-    for i in (int(v) for v in np.unique(instances) if v):
-        mask = instances == i
-        rows.append((node_diameters(mask, spacing)[1], float(img[mask].mean()), float(peak_map[mask].max())))
-    return rows
-
-
-def auc(positive, negative):
-    """Probability that a positive's value exceeds a negative's (ties count half)."""
-    p, n = np.asarray(positive)[:, None], np.asarray(negative)[None]
-    return float((p > n).mean() + 0.5 * (p == n).mean())
 
 
 def main(argv=None):

@@ -1,10 +1,10 @@
 """Does a detector of a given size learn at a given learning rate? A minute-scale check before a long run.
 
-    python bench/detector_probe.py PREPROCESSED_DATASET_FOLDER [-tr CoSAMTrainer_cpuCheck]
+    python bench/diagnostics/detector_probe.py PREPROCESSED_DATASET_FOLDER [-tr CoSAMTrainer_cpuCheck]
                                    [--lr 2e-4] [--steps 30] [--windows 6] [--seed 0]
 
 Cuts one 9-slice window (96 x 96 in-plane) around a node of each of the first --windows training
-cases of fold 0 of an nnU-Net preprocessed dataset (e.g. one that bench/learning_check.py made),
+cases of fold 0 of an nnU-Net preprocessed dataset (e.g. one that bench/diagnostics/learning_check.py made),
 then trains only the trainer's detector on them, two windows a step, with AdamW at --lr (weight
 decay 3e-5, nnU-Net's default; CoSAMTrainer uses 1e-4) and the trainers' gradient clipping. Prints the detector's losses every 5 steps and, at the end, the
 spread of the stage-2 score logits across the proposals of each window: a detector that has
@@ -19,11 +19,11 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
+from cosam_nn.benchmark.trained import preprocessed_cases
 from cosam_nn.modeling.sequence_detector import SequenceDetector
 from cosam_nn.modeling.training_step import window_targets
 from cosam_nn.trainer_dir import trainer_dir
 from cosam_nn.training.recipe import GRADIENT_CLIP_NORM
-from diagnose import preprocessed_cases
 
 WINDOW_INPLANE = 96
 

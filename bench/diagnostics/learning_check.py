@@ -1,6 +1,6 @@
 """Does a short CPU training of a trainer beat the same network untrained on held-out synthetic cases?
 
-    python bench/learning_check.py [-tr CoSAMTrainerSmall] [--epochs 8] [--iters 50] [--cases 24]
+    python bench/diagnostics/learning_check.py [-tr CoSAMTrainerSmall] [--epochs 8] [--iters 50] [--cases 24]
 
 Fold 0 trains for the budget; fold 1 for a single iteration (the untrained reference). Both predict
 the same held-out test cases (never seen in training). Prints, per model, the mean Dice, the share
@@ -18,10 +18,10 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from cosam_nn.benchmark.workfolder import training_log_text
 from cosam_nn.demo import Pipeline
 from cosam_nn.evaluation.evaluate import evaluate_folders, fmt_value
 from cosam_nn.node_geometry import label_nodes
-from compare import training_log_text
 
 
 def node_hits(raw, pred):

@@ -1,7 +1,7 @@
 """Re-predict finished compare.py runs with an inference-only variant trainer (the same weights), into a
 new folder whose runs.json pair_runs.py pairs with the original.
 
-    python bench/repredict.py WORK VARIANT RUN_ID [RUN_ID ...] --out DEST [--threshold calibrate|keep|T] [--tta]
+    python bench/diagnostics/repredict.py WORK VARIANT RUN_ID [RUN_ID ...] --out DEST [--threshold calibrate|keep|T] [--tta]
 
 WORK is compare.py's work folder. Each run's checkpoint_final.pth is copied under the variant's name
 (DEST/results/RUN_ID/<dataset>/VARIANT__nnUNetPlans__3d_fullres/fold_0; VARIANT may be the run's own
@@ -28,8 +28,8 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
-from compare import earlier_runs, scored_point
-from diagnose import load_model, validation_cases
+from cosam_nn.benchmark.trained import load_model, validation_cases
+from cosam_nn.benchmark.workfolder import earlier_runs, scored_point
 from cosam_nn.training.calibration import calibrate
 from cosam_nn.data.fileio import write_text_atomic
 from cosam_nn.demo import Pipeline
