@@ -28,7 +28,9 @@ Budgets, each row trained from scratch for each (seeds S, S+1, ... for --repeats
   on both Dice and FROC score of the test set (and the doubled model reaches 0.1 on both: a model
   that has not started does not plateau), at most --doublings times; the plateau is the shorter
   schedule, where the other seeds are then trained. --minutes-rows are trained for as many minutes
-  as --minutes-of's plateau runs took. Writes plateau.md, plateau.json and plateau.png (each
+  as --minutes-of's plateau schedule takes (epochs x its median epoch time; each row's epochs timed
+  by its median, so that epochs slowed by other work do not move the budget). Writes plateau.md,
+  plateau.json and plateau.png (each
   schedule's end point and the plateau called); --current merges the rows into a current.json.
 Every model predicts the test cases (no TTA) and is scored by cosam_evaluate's metrics; intervals are
 95% bootstrap intervals over test cases and, with --repeats, over each row's runs (--cases-only: over
@@ -43,7 +45,6 @@ new process that imports them.
 import argparse
 import json
 import os
-import statistics
 
 from cosam_nn.benchmark.plateau import PLATEAU_FLOOR, merge_current, plateau_rows, plateau_search, plot_plateau
 from cosam_nn.benchmark.tables import benchmark_header, budget_table, curve_rows, test_set_counts, write_curves
@@ -66,8 +67,11 @@ def plateau_budget(a, bench, seeds):
     runs_by_row = {row: runs_by_row[row] for row in a.rows}
     minutes_of = a.minutes_of or a.rows[-1]
     if a.minutes_rows:
-        minutes = statistics.mean(sum(r["epoch_seconds"]) for r in runs_by_row[minutes_of]) / 60
-        print(f"equal minutes: {minutes:.1f} min of training, {minutes_of}'s at its plateau", flush=True)
+        # the median epoch time of each row, not the runs' sums: an epoch slowed by other work on the
+        # machine then does not move the budget
+        minutes = searches[minutes_of][0] * bench.epoch_seconds_of(minutes_of) / 60
+        print(f"equal minutes: {minutes:.1f} min of training, {minutes_of}'s at its plateau (median epoch time)",
+              flush=True)
         for row in a.minutes_rows:
             bench.schedule(row, bench.cfg["epochs"], seeds[0])  # times an epoch; a learning-curve point
             epochs = max(1, round(minutes * 60 / bench.epoch_seconds_of(row)))
