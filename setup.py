@@ -15,7 +15,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["cosam_nn", "cosam_nn.data", "cosam_nn.evaluation", "cosam_nn.modeling", "cosam_nn.training",
-              "cosam_nn.dataset_conversion", "cosam_nn.trainers", "cosam_nn.trainers.experiments"],
+              "cosam_nn.benchmark", "cosam_nn.dataset_conversion", "cosam_nn.trainers", "cosam_nn.trainers.experiments"],
     package_dir={
         "cosam_nn": "cosam_nn",
         "cosam_nn.dataset_conversion": "dataset_conversion",
