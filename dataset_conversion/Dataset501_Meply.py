@@ -17,6 +17,7 @@ and standard deviation: a window learnt from node tissue, which on Meply-like da
 the paper's fixed window, so the converter keeps nnU-Net's default (channel name "CT").
 """
 import argparse
+import fcntl
 import glob
 import json
 import os
@@ -29,6 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
+from cosam_nn.cli_types import positive
+from cosam_nn.data.ct_image import ImageError, check_ct
 from cosam_nn.dataset_conversion.readers import FORMATS, ConversionError, list_cases
 from cosam_nn.data.image_geometry import geometry_mismatch
 from cosam_nn.data.meply_layout import DATASET_NAME, LayoutError, check_case_lists, dataset_folder_name
@@ -36,47 +39,17 @@ from cosam_nn.data.splits import split_cases
 
 FILE_ENDING = ".nii.gz"
 SPLIT_SEED = 12345
-MIN_DISTINCT_HU = 100   # CT in HU holds air, fat, soft tissue and bone: hundreds of distinct values
-MIN_HU_RANGE = 300
 OWNER_FILE = ".cosam_convert_owner"  # the process id of the conversion writing a temporary folder
-
-
-def non_hu_reason(rounded):
-    """Why an image (rounded to whole values) cannot be CT in Hounsfield units, or None."""
-    lo, hi = int(rounded.min()), int(rounded.max())
-    distinct = int(np.count_nonzero(np.bincount((rounded.ravel().astype(np.int64) - lo))))
-    if distinct < MIN_DISTINCT_HU or hi - lo < MIN_HU_RANGE:
-        return (f"values {lo}..{hi} with {distinct} distinct whole numbers cannot be CT in Hounsfield units "
-                f"(normalised or not CT?)")
-    return None
 
 
 def check_case(name, image, label, warn, allow_non_hu=False):
     """Validate one case; return (image as int16 HU, label as uint8 0/1) with image's geometry."""
-    if image.GetDimension() != 3 or label.GetDimension() != 3:
+    if label.GetDimension() != 3:
         raise ConversionError(f"case {name}: image and label must be 3D volumes")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ConversionError(f"case {name}: image must have one channel (CT)")
-    if min(image.GetSize()) == 0:
-        raise ConversionError(f"case {name}: image is empty")
+    out_image = check_ct(f"case {name}", image, warn, allow_non_hu)
     fault = geometry_mismatch(image, label)
     if fault:
         raise ConversionError(f"case {name}: {fault}")
-    voxels = sitk.GetArrayViewFromImage(image)
-    bad = int(np.count_nonzero(~np.isfinite(voxels))) if voxels.dtype.kind == "f" else 0
-    if bad:
-        raise ConversionError(f"case {name}: image has {bad} NaN or infinite voxel(s)")
-    if voxels.min() < -32768 or voxels.max() > 32767:
-        raise ConversionError(f"case {name}: image values {voxels.min()}..{voxels.max()} do not fit int16 HU")
-    if voxels.dtype.kind == "f" and not np.array_equal(voxels, np.round(voxels)):
-        warn(f"case {name}: image values are not whole HU; rounded to int16")
-    out_image = sitk.Cast(sitk.Round(image) if voxels.dtype.kind == "f" else image, sitk.sitkInt16)
-    reason = non_hu_reason(sitk.GetArrayViewFromImage(out_image))
-    if reason and not allow_non_hu:
-        raise ConversionError(f"case {name}: image {reason}; --allow-non-hu converts it anyway")
-    if reason:
-        warn(f"case {name}: image {reason}; converted as asked (--allow-non-hu)")
-
     values = sitk.GetArrayViewFromImage(label)
     if values.dtype.kind == "f" and (not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values))):
         raise ConversionError(f"case {name}: label has non-integer values; expected 0/1 or an instance map")
@@ -100,12 +73,34 @@ def _raw_root():
 def _check_target(root, dataset_id, name, overwrite):
     folder = os.path.join(root, dataset_folder_name(dataset_id, name))
     prefix = f"Dataset{dataset_id:03d}_"
-    others = [d for d in os.listdir(root) if d.startswith(prefix) and d != os.path.basename(folder)]
-    if others:
-        raise ConversionError(f"{root}: dataset id {dataset_id} is already used by {others[0]}")
+    for where in (root, os.environ.get("nnUNet_preprocessed")):
+        if where and os.path.isdir(where):
+            others = [d for d in os.listdir(where) if d.startswith(prefix) and d != os.path.basename(folder)]
+            if others:
+                raise ConversionError(f"{where}: dataset id {dataset_id} is already used by {others[0]}; "
+                                      f"nnU-Net finds data sets by id, so pick another id")
     if os.path.exists(folder) and not overwrite:
         raise ConversionError(f"{folder} exists (use --overwrite to replace it)")
     return folder
+
+
+def _lock(root, dataset_id):
+    """An exclusive lock on this dataset id in nnUNet_raw, held until the conversion ends (the system
+    drops it if the process dies): a second conversion into the same id is refused, not interleaved."""
+    handle = open(os.path.join(root, f".cosam_convert_{dataset_id:03d}.lock"), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ConversionError(f"{root}: another conversion into dataset id {dataset_id} is running ({owner}); "
+                              f"wait for it to finish") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def read_split_file(path):
@@ -184,6 +179,13 @@ def convert(input_folder, dataset_id, name=DATASET_NAME, fmt="auto", spacing=(0.
     JSON split that overrides the layout's own."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     root = _raw_root()
+    with _lock(root, dataset_id):
+        return _convert_locked(root, input_folder, dataset_id, name, fmt, spacing, overwrite, log, warn,
+                               allow_non_hu, split_file)
+
+
+def _convert_locked(root, input_folder, dataset_id, name, fmt, spacing, overwrite, log, warn, allow_non_hu,
+                    split_file):
     target = _check_target(root, dataset_id, name, overwrite)
     try:
         fmt, cases, split = list_cases(input_folder, fmt, spacing)
@@ -193,6 +195,9 @@ def convert(input_folder, dataset_id, name=DATASET_NAME, fmt="auto", spacing=(0.
     if split_file:
         split = read_split_file(split_file)
     train, test, split_source = _decide_split(names, split)
+    if not train:
+        raise ConversionError(f"{input_folder}: the split ({split_source}) leaves no training case: all "
+                              f"{len(test)} case(s) are test cases")
     remove_stale_temporaries(root, target, log)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=root)
     try:
@@ -236,7 +241,7 @@ def main(argv=None):
     p.add_argument("-d", type=int, required=True, dest="dataset_id", help="nnU-Net dataset id, e.g. 501")
     p.add_argument("-n", default="Meply", dest="name", help="dataset name (default Meply)")
     p.add_argument("--format", choices=("auto",) + FORMATS, default="auto", help="input layout (default auto)")
-    p.add_argument("--spacing", type=float, nargs=3, default=(0.625, 0.625, 0.625), metavar=("Z", "Y", "X"),
+    p.add_argument("--spacing", type=positive, nargs=3, default=(0.625, 0.625, 0.625), metavar=("Z", "Y", "X"),
                    help="spacing in mm of slab files, which carry none (default 0.625 0.625 0.625)")
     p.add_argument("--split", metavar="SPLIT.json", dest="split_file",
                    help="JSON {\"train\": [...], \"test\": [...]} naming the test cases (overrides the layout's split)")
@@ -254,7 +259,7 @@ def main(argv=None):
     try:
         convert(a.input, a.dataset_id, a.name, a.format, tuple(a.spacing), a.overwrite, allow_non_hu=a.allow_non_hu,
                 split_file=a.split_file)
-    except ConversionError as e:
+    except ImageError as e:  # ConversionError and the image reader's faults
         print(f"cosam_convert_meply: error: {e}", file=sys.stderr)
         return 1
     finally:

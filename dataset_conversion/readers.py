@@ -12,12 +12,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from cosam_nn.data import meply_layout
+from cosam_nn.data.ct_image import IMAGE_SUFFIXES, ImageError, read_image
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 FORMATS = ("prln", "slabs", "images")
+__all__ = ["ConversionError", "FORMATS", "list_cases", "read_image"]
 
 
-class ConversionError(ValueError):
+class ConversionError(ImageError):
     """A user-facing fault in the input; the message names the case or file."""
 
 
@@ -95,66 +96,6 @@ def _index(folder, allow_dicom):
                                   f"({os.path.basename(found[name])} and {entry})")
         found[name] = path
     return found
-
-
-def _series_summary(path, series_id):
-    """'UID (description, N slices)' of one DICOM series in a folder."""
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series_id)
-    description = ""
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
-        reader.ReadImageInformation()
-        description = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
-    except RuntimeError:
-        pass
-    return f"{series_id} ({description or 'no description'}, {len(files)} slices)"
-
-
-def _read_dicom_series(path):
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
-    if not series:
-        raise ConversionError(f"{path}: no DICOM series found in this folder")
-    if len(series) > 1:  # which one is the CT cannot be guessed (localiser, other reconstructions)
-        listed = "; ".join(_series_summary(path, s) for s in series)
-        raise ConversionError(f"{path}: {len(series)} DICOM series in one case folder ({listed}); "
-                              f"keep only the CT series to convert in it")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, series[0]))
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        raise ConversionError(f"{path}: unreadable DICOM series ({str(e).strip().splitlines()[-1]})") from None
-
-
-def _nifti_nonfinite(path):
-    """Non-finite voxels stored in a floating-point NIfTI file: SimpleITK's reader turns NaN into 0,
-    so they are counted on the raw data."""
-    import nibabel
-
-    try:
-        nii = nibabel.load(path)
-    except Exception:  # unreadable files are reported by SimpleITK's reader
-        return 0
-    if nii.get_data_dtype().kind != "f":
-        return 0
-    return int(np.count_nonzero(~np.isfinite(np.asanyarray(nii.dataobj))))
-
-
-def read_image(path):
-    """A SimpleITK image from a file or a DICOM series folder, with a clear error."""
-    if os.path.isdir(path):
-        return _read_dicom_series(path)
-    if os.path.getsize(path) == 0:
-        raise ConversionError(f"{path}: file is empty")
-    if path.lower().endswith((".nii", ".nii.gz")):
-        bad = _nifti_nonfinite(path)
-        if bad:
-            raise ConversionError(f"{path}: {bad} NaN or infinite voxel(s)")
-    try:
-        return sitk.ReadImage(path)
-    except RuntimeError as e:
-        raise ConversionError(f"{path}: unreadable image ({str(e).strip().splitlines()[-1]})") from None
 
 
 def image_folder_cases(folder):

@@ -26,9 +26,10 @@ def _read(path):
 
 
 def _raw_left_clean(env):
-    """After a failed conversion nnUNet_raw holds neither the dataset nor a temporary folder."""
+    """After a failed conversion nnUNet_raw holds neither the dataset nor a temporary folder (only the
+    hidden lock file of the dataset id, which the next conversion takes)."""
     root = env["nnUNet_raw"]
-    return not os.path.exists(root) or os.listdir(root) == []
+    return not os.path.exists(root) or [f for f in os.listdir(root) if not f.endswith(".lock")] == []
 
 
 def test_prln_layout_round_trip(tmp_path, nnunet_env):
@@ -300,7 +301,7 @@ def test_two_dicom_series_in_one_case_folder_are_listed_not_guessed(tmp_path, nn
     sitk.WriteImage(label, str(src / "labels" / "caseA.nii.gz"))
     assert convert_main([str(src), "-d", "513"]) == 1
     err = capsys.readouterr().err
-    assert "caseA" in err and "2 DICOM series" in err and "1.2.826.0.1.3680043.2.1125.9" in err and "8 slices" in err
+    assert "caseA" in err and "2 DICOM series" in err and "1.2.826.0.1.3680043.2.1125.9" in err and "8 files" in err
     assert _raw_left_clean(nnunet_env)
 
 
@@ -362,7 +363,7 @@ def test_stale_temporary_folders_are_removed_and_overwrite_swaps(tmp_path, nnune
     assert not os.path.exists(dead) and os.path.exists(alive)
     os.rename(alive, alive + "x")  # out of the way of the listing below
     assert convert_main([str(src), "-d", "518", "--overwrite"]) == 0
-    assert sorted(os.listdir(root)) == [".Dataset518_Meply.alivex", "Dataset518_Meply"]
+    assert sorted(os.listdir(root)) == [".Dataset518_Meply.alivex", ".cosam_convert_518.lock", "Dataset518_Meply"]
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):

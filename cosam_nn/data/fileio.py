@@ -1,5 +1,8 @@
-"""Small file helpers: atomic writes and byte-for-byte reproducible `.npz` files."""
+"""Small file helpers: atomic writes, byte-for-byte reproducible `.npz` files, safe file names and
+checked probability files."""
 import io
+import json
+import math
 import os
 import tempfile
 import zipfile
@@ -57,6 +60,29 @@ def write_text_atomic(path, text):
             f.write(text)
 
 
+def finite_json(value):
+    """`value` made strict-JSON-ready: NaN and infinities (an undefined metric) become null, NumPy
+    numbers and arrays plain Python ones."""
+    if isinstance(value, dict):
+        return {str(k): finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return finite_json(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    return value
+
+
+def json_text(value, indent=2):
+    """Strict JSON (no NaN) of `value`, ending with a newline."""
+    return json.dumps(finite_json(value), indent=indent, allow_nan=False) + "\n"
+
+
 def save_npz(path, **arrays):
     """Like `np.savez_compressed`, but reproducible (fixed entry times) and written atomically."""
     with atomic_path(path) as tmp:
@@ -86,6 +112,17 @@ def load_npz_array(path, keys):
     raise ValueError(f"{path}: {wanted} (it holds {found})")
 
 
+def safe_name(name, what="name"):
+    """`name` if it can be a file name inside an output folder: not empty, no path separator, not
+    '.' or '..' or hidden, no control characters; a ValueError naming `what` otherwise."""
+    text = str(name)
+    if not text or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text \
+            or os.sep in text or any(ord(c) < 32 for c in text) or len(text) > 200:
+        raise ValueError(f"{what} {text!r}: not a plain file name (no folders, '..', leading dot or control "
+                         f"characters): it must stay inside the output folder")
+    return text
+
+
 def load_foreground_probabilities(path, shape):
     """The node channel of an nnU-Net `--save_probabilities` file, checked: a ValueError naming the
     file and the problem when it is missing, unreadable, without `probabilities`, without a node
@@ -97,4 +134,13 @@ def load_foreground_probabilities(path, shape):
         raise ValueError(f"{path}: probabilities of shape {probs.shape}: expected (classes >= 2, {', '.join(map(str, shape))})")
     if tuple(probs.shape[1:]) != tuple(shape):
         raise ValueError(f"{path}: probabilities of shape {probs.shape[1:]}, prediction {tuple(shape)}")
-    return probs[1]
+    foreground = probs[1]
+    if foreground.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: probabilities of type {foreground.dtype}, expected numbers")
+    bad = int(np.count_nonzero(~np.isfinite(foreground))) if foreground.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(f"{path}: {bad} NaN or infinite probabilities")
+    if foreground.size and (foreground.min() < -1e-3 or foreground.max() > 1 + 1e-3):
+        raise ValueError(f"{path}: probabilities from {float(foreground.min()):g} to {float(foreground.max()):g}, "
+                         f"outside 0..1")
+    return foreground

@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 from scipy import ndimage
 
+from cosam_nn.cli_types import positive, probability
 from cosam_nn.data import meply_layout
 from cosam_nn.data.splits import split_cases
 
@@ -322,11 +323,11 @@ def main(argv=None):
                    help="prln: the 3D layout (npz/, clean_labels/, PRLN/); slabs: 15-slice example files")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="volume shape (default prln 48 160 160, slabs 15 512 512)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+    p.add_argument("--spacing", type=positive, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel spacing in mm (default prln 1.25 0.7 0.7, slabs 0.625 0.625 0.625)")
     p.add_argument("--test-cases", type=int, default=None,
                    help="cases in the test split (default: the paper's 55 of 269, at least 1 of each split)")
-    p.add_argument("--test-node-free", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--test-node-free", type=probability, default=0.0, metavar="FRACTION",
                    help="fraction of the test cases made free of metastatic nodes (default 0: as drawn)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     a = p.parse_args(argv)

@@ -16,14 +16,13 @@ input image's.
 Beside them: score (the node's confidence), volume in mm^3, long and short axis in mm, centroid.
 """
 import itertools
-import json
 import os
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from cosam_nn.data.fileio import write_image_atomic, write_text_atomic
+from cosam_nn.data.fileio import json_text, write_image_atomic, write_text_atomic
 
 BOX_CONVENTION = __doc__[__doc__.index("`box_voxel_zyx`"):__doc__.index("Beside them")].replace("\n", " ")
 
@@ -66,7 +65,7 @@ def write_instances_and_detections(folder, image, instances, report):
     out.CopyInformation(image)
     write_image_atomic(out, instance_path)
     detections_path = os.path.join(folder, f"{case}_detections.json")
-    write_text_atomic(detections_path, json.dumps({"case": case, "box_convention": BOX_CONVENTION,
-                                                   "confidence_source": report["confidence_source"],
-                                                   "detections": detections(image, instances, report)}, indent=2) + "\n")
+    write_text_atomic(detections_path, json_text({"case": case, "box_convention": BOX_CONVENTION,
+                                                  "confidence_source": report["confidence_source"],
+                                                  "detections": detections(image, instances, report)}))
     return instance_path, detections_path

@@ -26,12 +26,12 @@ import tempfile
 import numpy as np
 
 import cosam_nn
+from cosam_nn.data.dicom_series import SeriesError, Slice, check_slices
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.evaluation.report import ReportError, load_prediction, report_case
 
 ALGORITHM_NAME = "CoSAM (cosam-nn)"
-SPACING_TOLERANCE = 0.02    # relative, between slice gaps of one series
-GEOMETRY_TOLERANCE_MM = 0.01
+ORIGIN_TOLERANCE = 0.1  # of the smallest voxel side: the prediction's grid is the series' or it is not
 
 
 # no standard code counts the metastatic nodes of a case: a private one (99 = private scheme)
@@ -53,7 +53,8 @@ def _highdicom():
 
 
 def read_ct_series(folder):
-    """The CT slices of the one series in `folder` (headers only), sorted along the slice normal."""
+    """The CT slices of the one series in `folder` (pydicom headers), sorted along the slice normal and
+    checked as every DICOM reader of this project checks them (`cosam_nn.data.dicom_series`)."""
     _, pydicom = _highdicom()
     if not os.path.isdir(folder):
         raise ExportError(f"{folder}: not a folder of DICOM files")
@@ -64,43 +65,26 @@ def read_ct_series(folder):
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except pydicom.errors.InvalidDicomError:
+        except (pydicom.errors.InvalidDicomError, OSError, ValueError):
             continue
-        if "SeriesInstanceUID" in ds and "ImagePositionPatient" in ds:
-            slices.append(ds)
-    if not slices:
-        raise ExportError(f"{folder}: no DICOM image slices found")
-    series = sorted({ds.SeriesInstanceUID for ds in slices})
-    if len(series) > 1:
-        raise ExportError(f"{folder}: {len(series)} DICOM series in one folder ({', '.join(series)}); "
-                          f"give the folder of the series that was predicted")
-    modality = {str(ds.get("Modality", "")) for ds in slices}
-    if modality != {"CT"}:
-        raise ExportError(f"{folder}: modality {', '.join(sorted(modality))}, expected CT")
-    normal = slice_normal(slices[0])
-    slices.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
-    _check_spacing(folder, slices, normal)
-    return slices
+        if "SOPInstanceUID" not in ds or "Rows" not in ds:
+            continue  # not an image (a DICOMDIR, a report)
+        slices.append(Slice(path, str(ds.get("SeriesInstanceUID", "")), str(ds.get("Modality", "")),
+                            "\\".join(ds.get("ImageType", [])).upper(), _values(ds, "ImageOrientationPatient", 6),
+                            _values(ds, "ImagePositionPatient", 3), str(ds.get("InstanceNumber", "")), ds))
+    try:
+        ordered, _ = check_slices(folder, slices)
+    except SeriesError as e:
+        raise ExportError(str(e)) from None
+    return [s.header for s in ordered]
 
 
-def slice_normal(ds):
-    row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
-    return np.cross(row, col)
-
-
-def _check_spacing(folder, slices, normal):
-    positions = np.array([np.dot(normal, np.asarray(ds.ImagePositionPatient, float)) for ds in slices])
-    if len(slices) < 2:
-        return
-    gaps = np.diff(positions)
-    step = float(np.median(gaps))
-    if step <= 0 or np.any(gaps <= 0):
-        raise ExportError(f"{folder}: {int(np.sum(gaps <= 0))} slice(s) at a repeated position; "
-                          f"the folder holds more than one acquisition")
-    odd = np.flatnonzero(np.abs(gaps - step) > SPACING_TOLERANCE * step)
-    if len(odd):
-        where = ", ".join(f"after instance {slices[i].get('InstanceNumber', i + 1)} ({gaps[i]:.2f} mm)" for i in odd[:3])
-        raise ExportError(f"{folder}: irregular slice spacing (median {step:.2f} mm; {where}): missing slices?")
+def _values(ds, keyword, count):
+    try:
+        values = tuple(float(v) for v in ds.get(keyword) or ())
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == count and np.all(np.isfinite(values)) else None
 
 
 def series_geometry(slices):
@@ -128,7 +112,7 @@ def check_geometry(pred, slices, pred_path):
         faults.append(f"spacing {tuple(round(s, 4) for s in pred.GetSpacing())} against {tuple(round(s, 4) for s in spacing)}")
     elif not np.allclose(pred.GetDirection(), direction, atol=1e-3):
         faults.append("orientation differs from the series'")
-    elif not np.allclose(pred.GetOrigin(), origin, atol=GEOMETRY_TOLERANCE_MM + 1e-3 * np.abs(origin).max()):
+    elif not np.allclose(pred.GetOrigin(), origin, rtol=0, atol=ORIGIN_TOLERANCE * min(spacing)):
         faults.append(f"origin {tuple(round(o, 2) for o in pred.GetOrigin())} against the first slice's "
                       f"{tuple(round(o, 2) for o in origin)}")
     if faults:
@@ -204,8 +188,17 @@ def structured_report(hd, slices, seg, report):
         instance_number=1, manufacturer="cosam-nn", series_description="CoSAM lymph node measurements")
 
 
-def export(series_dir, pred_path, out_dir, probs_path=None):
-    """Write seg.dcm and sr.dcm (only sr.dcm when no node was found) into out_dir; returns their paths."""
+EXPORT_FILES = ("seg.dcm", "sr.dcm")
+
+
+def export(series_dir, pred_path, out_dir, probs_path=None, overwrite=False):
+    """Write seg.dcm and sr.dcm (only sr.dcm when no node was found) into out_dir, replacing an earlier
+    export as a whole (with `overwrite`); returns their paths."""
+    earlier = [f for f in EXPORT_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if earlier and not overwrite:
+        raise ExportError(f"{out_dir}: holds an earlier export ({', '.join(earlier)}); use --overwrite to replace it")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a folder")
     hd, _ = _highdicom()
     slices = read_ct_series(series_dir)
     pred, seg, probs = _read_prediction(pred_path, probs_path)
@@ -220,14 +213,20 @@ def export(series_dir, pred_path, out_dir, probs_path=None):
 
 
 def _write_all(out_dir, objects):
-    """Write every object to a temporary folder beside out_dir, then move them in: all or nothing."""
+    """Write every object to a temporary folder beside out_dir, then move them in: all or nothing. An
+    earlier export's file that this one does not write (seg.dcm, when no node was found) is removed, so
+    that the folder never pairs a new report with an old segmentation."""
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".cosam_export_", dir=out_dir)
     try:
         for name, ds in objects:
             ds.save_as(os.path.join(tmp, name), enforce_file_format=True)
+        written = [name for name, _ in objects]
+        for stale in set(EXPORT_FILES) - set(written):
+            if os.path.exists(os.path.join(out_dir, stale)):
+                os.remove(os.path.join(out_dir, stale))
         paths = []
-        for name, _ in objects:
+        for name in written:
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
             paths.append(os.path.join(out_dir, name))
         return paths
@@ -243,11 +242,15 @@ def main(argv=None):
     p.add_argument("--pred", required=True, help="predicted mask (.nii.gz, nnUNetv2_predict's output)")
     p.add_argument("--probs", default=None, help="nnU-Net .npz probabilities of this case (node confidences)")
     p.add_argument("-o", required=True, dest="out", help="output folder for seg.dcm and sr.dcm")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in the output folder")
     a = p.parse_args(argv)
     try:
-        paths, report = export(a.series, a.pred, a.out, a.probs)
+        paths, report = export(a.series, a.pred, a.out, a.probs, overwrite=a.overwrite)
     except ExportError as e:
         print(f"cosam_export_dicom: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an output folder that cannot be made or written
+        print(f"cosam_export_dicom: error: cannot write {e.filename or a.out}: {e.strerror}", file=sys.stderr)
         return 1
     print(f"{report['case']}: {len(report['nodes'])} node(s); wrote {', '.join(paths)}")
     return 0

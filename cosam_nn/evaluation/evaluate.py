@@ -17,7 +17,6 @@ best case an axial slice with reference and prediction outlined (on the CT from 
 default the imagesTs beside a labelsTs folder).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -27,7 +26,7 @@ from scipy import ndimage
 
 from cosam_nn.evaluation import plots
 from cosam_nn.evaluation.detection_metrics import average_precision, froc, froc_curve, greedy_match
-from cosam_nn.data.fileio import load_foreground_probabilities, write_text_atomic
+from cosam_nn.data.fileio import json_text, load_foreground_probabilities, write_text_atomic
 from cosam_nn.data.image_geometry import geometry_mismatch
 from cosam_nn.node_geometry import cross_section_boxes, label_nodes
 from cosam_nn.evaluation.node_measures import node_diameters
@@ -241,13 +240,18 @@ def main(argv=None):
         print(f"cosam_evaluate: error: -o {out}: is a file; -o names the folder for summary.json and summary.md",
               file=sys.stderr)
         return 1
-    os.makedirs(out, exist_ok=True)
-    if a.plots:
-        images = a.images or os.path.join(os.path.dirname(os.path.abspath(a.ref)), "imagesTs")
-        summary["plots"] = write_plots(results, summary, a.ref, a.pred, images if os.path.isdir(images) else None, a.plots)
-    write_text_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=2, default=float) + "\n")
     table = headline(summary)
-    write_text_atomic(os.path.join(out, "summary.md"), "# cosam_evaluate\n\n" + table + "\n")
+    try:
+        os.makedirs(out, exist_ok=True)
+        if a.plots:
+            images = a.images or os.path.join(os.path.dirname(os.path.abspath(a.ref)), "imagesTs")
+            summary["plots"] = write_plots(results, summary, a.ref, a.pred, images if os.path.isdir(images) else None,
+                                           a.plots)
+        write_text_atomic(os.path.join(out, "summary.json"), json_text(summary))
+        write_text_atomic(os.path.join(out, "summary.md"), "# cosam_evaluate\n\n" + table + "\n")
+    except OSError as e:  # an output folder that cannot be made or written
+        print(f"cosam_evaluate: error: cannot write {e.filename or out}: {e.strerror}", file=sys.stderr)
+        return 1
     print(table)
     print(f"\nwrote {os.path.join(out, 'summary.json')} and summary.md")
     if a.plots:

@@ -18,6 +18,7 @@ import tempfile
 import numpy as np
 import SimpleITK as sitk
 
+from cosam_nn.cli_types import non_negative
 from cosam_nn.node_geometry import label_nodes
 
 SEGMENTATION_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -37,12 +38,17 @@ def drop_small_components(segmentation, spacing, min_mm3):
     return out, len(small)
 
 
-def postprocess_folder(pred, out, min_mm3=DEFAULT_MIN_MM3, log=print):
+def postprocess_folder(pred, out, min_mm3=DEFAULT_MIN_MM3, log=print, overwrite=False):
     """Write PRED's segmentations without their small components into OUT; returns {case file: dropped}."""
     if not os.path.isdir(pred):
         raise ValueError(f"{pred}: prediction folder not found")
-    if os.path.abspath(pred) == os.path.abspath(out):
-        raise ValueError(f"{out}: the output folder must differ from the prediction folder")
+    if os.path.realpath(pred) == os.path.realpath(out):
+        raise ValueError(f"{out}: the output folder must differ from the prediction folder (it is the same "
+                         f"folder{', through a link' if os.path.abspath(pred) != os.path.abspath(out) else ''})")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out}: exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(f"{out}: exists and is not empty (use --overwrite to replace its cases)")
     files = sorted(f for f in os.listdir(pred) if os.path.isfile(os.path.join(pred, f)))
     segmentations = [f for f in files if f.endswith(SEGMENTATION_ENDINGS)]
     if not segmentations:
@@ -81,13 +87,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="cosam_postprocess", description=__doc__.splitlines()[0])
     p.add_argument("-i", required=True, dest="pred", help="nnU-Net prediction folder")
     p.add_argument("-o", required=True, dest="out", help="output folder (created; not the input folder)")
-    p.add_argument("--min-volume", type=float, default=DEFAULT_MIN_MM3, dest="min_mm3",
+    p.add_argument("--min-volume", type=non_negative, default=DEFAULT_MIN_MM3, dest="min_mm3",
                    help=f"smallest component kept, in mm3 (default {DEFAULT_MIN_MM3:g})")
+    p.add_argument("--overwrite", action="store_true", help="write into an output folder that holds files")
     a = p.parse_args(argv)
-    if a.min_mm3 < 0:
-        p.error("--min-volume must not be negative")
     try:
-        dropped = postprocess_folder(a.pred, a.out, a.min_mm3)
+        dropped = postprocess_folder(a.pred, a.out, a.min_mm3, overwrite=a.overwrite)
     except (ValueError, OSError) as e:
         print(f"cosam_postprocess: error: {e}", file=sys.stderr)
         return 1

@@ -17,7 +17,6 @@ diagnosis. Written as JSON and, beside it, CSV; --plots DIR draws each node on i
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 
@@ -25,8 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 from skimage.measure import regionprops
 
+from cosam_nn.cli_types import non_negative, probability
 from cosam_nn.evaluation import plots
-from cosam_nn.data.fileio import load_foreground_probabilities, write_text_atomic
+from cosam_nn.data.fileio import json_text, load_foreground_probabilities, write_text_atomic
 from cosam_nn.data.image_geometry import geometry_mismatch
 from cosam_nn.evaluation.detections import write_instances_and_detections
 from cosam_nn.node_geometry import label_nodes
@@ -170,10 +170,10 @@ def main(argv=None):
     p.add_argument("--probs", default=None, help="nnU-Net .npz probabilities of this case")
     p.add_argument("-o", default="report.json",
                    help="output JSON, or a folder for CASE.json (one case) or report.json (a CSV is written beside it)")
-    p.add_argument("--threshold", type=float, default=0.5, help="confidence to count a node (default 0.5)")
-    p.add_argument("--short-axis", type=float, default=5.0, dest="short_axis",
+    p.add_argument("--threshold", type=probability, default=0.5, help="confidence to count a node (default 0.5)")
+    p.add_argument("--short-axis", type=non_negative, default=5.0, dest="short_axis",
                    help="short-axis size criterion in mm (default 5)")
-    p.add_argument("--min-volume", type=float, default=10.0, dest="min_volume",
+    p.add_argument("--min-volume", type=non_negative, default=10.0, dest="min_volume",
                    help="smallest volume in mm^3 a node needs to be counted (default 10)")
     p.add_argument("--plots", default=None, help="folder for one picture per node")
     p.add_argument("--instances", default=None, metavar="DIR",
@@ -189,12 +189,15 @@ def main(argv=None):
                 _node_pictures(reports[-1], sitk.GetArrayFromImage(image), seg, a.plots)
             if a.instances:
                 write_instances_and_detections(a.instances, image, label_nodes(seg)[0], reports[-1])
+        out = report_path(a.o, reports)
+        write_text_atomic(out, json_text(reports if len(reports) > 1 else reports[0]))
+        write_text_atomic(os.path.splitext(out)[0] + ".csv", to_csv(reports))
     except ReportError as e:
         print(f"cosam_report: error: {e}", file=sys.stderr)
         return 1
-    out = report_path(a.o, reports)
-    write_text_atomic(out, json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
-    write_text_atomic(os.path.splitext(out)[0] + ".csv", to_csv(reports))
+    except OSError as e:  # an output path that is a file, a read-only folder, a full disk
+        print(f"cosam_report: error: cannot write {e.filename or a.o}: {e.strerror}", file=sys.stderr)
+        return 1
     for r in reports:
         print(f"{r['case']}: {len(r['nodes'])} node(s), {r['nodes_at_or_above_threshold']} at confidence >= "
               f"{r['confidence_threshold']}: {r['n_category']} ({N_CATEGORY_NOTE})")
