@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["cosam_nn", "cosam_nn.data", "cosam_nn.evaluation", "cosam_nn.modeling", "cosam_nn.training",
+    packages=["cosam_nn", "cosam_nn.data", "cosam_nn.evaluation", "cosam_nn.modeling", "cosam_nn.training", "cosam_nn.inference",
               "cosam_nn.benchmark", "cosam_nn.dataset_conversion", "cosam_nn.trainers", "cosam_nn.trainers.experiments"],
     package_dir={
         "cosam_nn": "cosam_nn",
@@ -48,6 +48,8 @@ setup(
             "cosam_export_dicom=cosam_nn.evaluation.dicom_export:main",
             "cosam_postprocess=cosam_nn.evaluation.postprocess:main",
             "cosam_plan_cpu=cosam_nn.training.cpu_planner:main",
+            "cosam_predict=cosam_nn.inference.predict:main",
+            "cosam_segment=cosam_nn.inference.segment:main",
         ]
     },
 )

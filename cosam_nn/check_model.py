@@ -34,7 +34,7 @@ SUSPICIOUS_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".sh", ".
 ALLOWED_MODULES = ("dynamic_network_architectures.", "torch.nn.", "nnunetv2.", "cosam_nn.")
 
 
-def _numpy_safe_globals():
+def safe_globals():
     """What nnU-Net's files hold beyond tensors: NumPy scalars, dtypes and arrays (training log,
     case properties)."""
     core = getattr(np, "_core", None) or np.core
@@ -55,7 +55,7 @@ def check_checkpoint(name, source):
     """None if `source` (a path or file object) loads with weights_only=True and the allow-list, else why
     not; for a torch checkpoint also the trainer it names."""
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()):
             data = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler's refusals come as several exception types
         first = str(e).strip().splitlines()

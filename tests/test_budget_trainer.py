@@ -55,8 +55,8 @@ def test_trainer_found_through_nnunet_ext_trainer(monkeypatch):
     cls = find_objects.recursive_find_trainer_class_by_name("nnUNetTrainerBudget")
     assert cls.__name__ == "nnUNetTrainerBudget" and issubclass(cls, nnUNetTrainer)
     # models trained with an experiment variant still load by its name: nnU-Net searches experiments/ too
-    cls = find_objects.recursive_find_trainer_class_by_name("CoSAMTrainerSmall_windowsInside")
-    assert cls.windows_inside_image and cls.__module__ == "experiments.CoSAMTrainer_experiments"
+    cls = find_objects.recursive_find_trainer_class_by_name("CoSAMTrainerSmall_lowPresence")
+    assert cls.model_settings == {"presence_threshold": 0.35} and cls.__module__ == "experiments.CoSAMTrainer_experiments"
     monkeypatch.delenv("nnUNet_extTrainer")
     with pytest.raises(RuntimeError):
         find_objects.recursive_find_trainer_class_by_name("nnUNetTrainerBudget")

@@ -54,15 +54,16 @@ def _case():
 def test_the_threshold_that_drops_the_false_box_wins(monkeypatch):
     model = CoSAM(replace(CoSAMConfig.small(window=5), nms_iou=1.0)).eval()
     monkeypatch.setattr(model, "candidates", _fake_candidates)
-    best, scores = calibrate(model, [_case(), _case()], PATCH, (0.3, 0.5, 0.9))
+    best, scores, operating = calibrate(model, [_case(), _case()], PATCH, (0.3, 0.5, 0.9))
     assert scores[0.5] == pytest.approx((1.0, 1.0))   # the node exactly, counted once across the tiles
+    assert operating[0.5] == (1.0, 0.0, 2) and operating[0.3] == (1.0, 1.0, 2) and operating[0.9] == (0.0, 0.0, 2)
     node, decoy = 5 * 6 * 8, 8 * 6 * 6
     assert scores[0.3] == pytest.approx((2 * node / (2 * node + decoy), 2 * 2 / (2 * 2 + 2)))  # 2 decoys false
     assert scores[0.9] == (0.0, 0.0)
     assert best == 0.5
     # a volume shorter than the window: padded for the model, the padding never counted
     short_image, short_label = _case()[0][:, 2:5], _case()[1][2:5]
-    _, short = calibrate(model, [(short_image, short_label)], PATCH, (0.5,))
+    _, short, _ = calibrate(model, [(short_image, short_label)], PATCH, (0.5,))
     assert short[0.5] == pytest.approx((1.0, 1.0))
     with pytest.raises(ValueError, match="no validation cases"):
         calibrate(model, [], PATCH, (0.5,))
@@ -76,10 +77,10 @@ def test_a_false_speck_that_dice_forgives_still_raises_the_threshold(monkeypatch
     image, label = _case()
     image[0][DECOY] = 0.0
     image[0, 4, 26, 4] = 2.0
-    best, scores = calibrate(model, [(image, label)], PATCH, (0.3, 0.5))
+    best, scores, _ = calibrate(model, [(image, label)], PATCH, (0.3, 0.5))
     assert pick_threshold({t: d for t, (d, _) in scores.items()}) == 0.3
     assert scores[0.3][1] == pytest.approx(2 / 3) and best == 0.5
-    _, recall_weighted = calibrate(model, [(image, label)], PATCH, (0.3, 0.5), recall_weight=2.0)
+    _, recall_weighted, _ = calibrate(model, [(image, label)], PATCH, (0.3, 0.5), recall_weight=2.0)
     assert recall_weighted[0.3][1] == pytest.approx(5 / 6)  # F2: the false speck weighs a quarter of a miss
 
 
@@ -136,7 +137,7 @@ def test_the_trainers_calibrate_on_f2_and_the_f1_variant_on_f1(monkeypatch):
     assert CoSAMTrainerSmall_f1Calibration.calibration_recall_weight == 1.0
     seen, logged = [], []
     monkeypatch.setattr(module, "calibrate", lambda model, cases, patch, thresholds, weight:
-                        (seen.append(weight), (0.4, {0.4: (0.9, 0.8)}))[1])
+                        (seen.append(weight), (0.4, {0.4: (0.9, 0.8)}, {0.4: (0.75, 1.5, 8)}))[1])
     trainer = SimpleNamespace(dataset_class=lambda *a, **k: None, preprocessed_dataset_folder="",
                               folder_with_segs_from_previous_stage=None, _autocast=nullcontext,
                               _calibration_case=lambda dataset, key: None,
@@ -146,3 +147,5 @@ def test_the_trainers_calibrate_on_f2_and_the_f1_variant_on_f1(monkeypatch):
     model = CoSAM(CoSAMConfig.small(window=5))
     CoSAMTrainer._pick_score_threshold(trainer, model, ["a"])
     assert seen == [2.0] and model.threshold == pytest.approx(0.4) and "node F2" in logged[0]
+    assert model.operating_point.tolist() == [0.75, 1.5, 8.0]  # saved with the weights
+    assert "node sensitivity 0.750, 1.50 false candidates per case" in logged[0]

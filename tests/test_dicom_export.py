@@ -86,8 +86,10 @@ def test_segmentation_frames_land_on_their_source_slices_and_the_report_matches(
         for m in group.get_measurements():
             assert m.value == pytest.approx(node[names[m.name.meaning]], abs=1e-6)
     assert {round(n["confidence"], 1) for n in report["nodes"]} == {0.9, 0.6}
-    counts = [m.value for g in sr.content.get_image_measurement_groups() for m in g.get_measurements()]
-    assert counts == [2]
+    case = {m.name.meaning: m.value for g in sr.content.get_image_measurement_groups() for m in g.get_measurements()}
+    assert case == {"Lymph nodes with confidence >= 0.5 and volume >= 0 mm3": 2,
+                    "Confidence threshold of the node count": 0.5, "Minimum node volume of the node count": 0}
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99COSAM"
 
 
 def test_without_the_dicom_extra_the_message_says_how_to_install_it(tmp_path, capsys, monkeypatch):
@@ -138,7 +140,8 @@ def test_a_case_without_nodes_gets_a_report_without_measurements(tmp_path):
     assert sr.content.get_volumetric_roi_measurement_groups() == []
     case = sr.content.get_planar_roi_measurement_groups() + sr.content.get_volumetric_roi_measurement_groups()
     assert case == []
-    counts = [m.value for g in sr.content.get_image_measurement_groups() for m in g.get_measurements()]
+    counts = [m.value for g in sr.content.get_image_measurement_groups() for m in g.get_measurements()
+              if m.name.meaning.startswith("Lymph nodes")]
     assert counts == [0]
 
 
@@ -174,3 +177,23 @@ def test_dicom_input_refuses_a_folder_of_two_series(tmp_path, capsys):
     assert input_main(["--series", str(tmp_path / "s"), "-o", str(tmp_path / "in")]) == 1
     err = capsys.readouterr().err
     assert "2 DICOM series" in err and not (tmp_path / "in").exists()
+
+
+def test_specks_become_no_segment_and_an_earlier_export_is_replaced_whole(tmp_path, capsys):
+    series, _ = _case(tmp_path)
+    image, mask, pred, probs = _prediction(series, tmp_path)  # nodes of 176 and 34 mm3
+    out = tmp_path / "dicom"
+    assert main(["--series", series, "--pred", pred, "-o", str(out), "--min-volume", "50"]) == 0
+    seg = hd.seg.segread(str(out / "seg.dcm"))
+    assert seg.number_of_segments == 1 and seg.SegmentSequence[0].SegmentLabel == "node 1"
+    assert seg.SegmentSequence[0].AnatomicRegionSequence[0].CodeMeaning == "Pelvis"
+    assert "RecommendedDisplayCIELabValue" in seg.SegmentSequence[0]
+    # an earlier export stays unless replaced; replaced by a case without nodes, no seg.dcm is left behind
+    empty = sitk.GetImageFromArray(np.zeros(mask.shape, np.uint8))
+    empty.CopyInformation(image)
+    sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
+    capsys.readouterr()
+    assert main(["--series", series, "--pred", str(tmp_path / "empty.nii.gz"), "-o", str(out)]) == 1
+    assert "earlier export" in capsys.readouterr().err and sorted(os.listdir(out)) == ["seg.dcm", "sr.dcm"]
+    assert main(["--series", series, "--pred", str(tmp_path / "empty.nii.gz"), "-o", str(out), "--overwrite"]) == 0
+    assert os.listdir(out) == ["sr.dcm"]

@@ -1,17 +1,22 @@
 """`cosam_export_dicom`: a prediction as DICOM, for viewers and PACS (OHIF, 3D Slicer, ...).
 
     cosam_export_dicom --series DICOM_DIR --pred PRED.nii.gz [--probs PRED.npz] -o OUT_DIR
+                       [--threshold 0.5] [--min-volume 0] [--overwrite]
 
-DICOM_DIR holds the CT series the prediction was made from (converted with cosam_convert_meply,
-predicted with nnUNetv2_predict). Writes into OUT_DIR:
+DICOM_DIR holds the CT series the prediction was made from (cosam_dicom_input, then nnUNetv2_predict;
+cosam_predict does all of it in one command). Writes into OUT_DIR:
 - `seg.dcm`, a DICOM Segmentation (binary) that references the source series: one segment per
-  node, numbered as cosam_report numbers them, each a "Lymph node" of category "Morphologically
-  abnormal structure" (SNOMED CT) with a tracking ID "node K" and the algorithm identified as
-  CoSAM with the package version;
-- `sr.dcm`, a Comprehensive 3D Structured Report (TID 1500 measurement report) with, per node, a
-  volumetric ROI group that references its segment and holds short axis, long axis (mm), volume
-  (mm^3) and the confidence (probability, from --probs, else 1.0), as in cosam_report; and a
-  case group with the number of nodes at or above cosam_report's confidence threshold (0.5).
+  node of at least --min-volume mm^3 (smaller specks do not become segments), each a "Lymph node"
+  of category "Morphologically abnormal structure" in the pelvis (SNOMED CT), with a display colour,
+  a tracking ID "node K" (K as cosam_report numbers the nodes) and the algorithm identified as CoSAM
+  with the package version;
+- `sr.dcm`, a Comprehensive 3D Structured Report (TID 1500 measurement report) with, per exported
+  node, a volumetric ROI group that references its segment and holds short axis, long axis (mm),
+  volume (mm^3) and the confidence (cosam_report's); and a case group with the number of nodes
+  counted (confidence at or above the threshold and volume at or above the minimum, both named in
+  the count's label and given as values beside it) and, where the model's calibration is known
+  (cosam_predict), its node sensitivity and false candidates per case on the validation cases. Its
+  private codes (scheme 99COSAM) are declared in the report's Coding Scheme Identification.
 Needs the optional extra: pip install "cosam-nn[dicom]" (highdicom, pydicom).
 
 The prediction must have the series' geometry (size, spacing, origin, orientation) as
@@ -26,6 +31,7 @@ import tempfile
 import numpy as np
 
 import cosam_nn
+from cosam_nn.cli_types import non_negative, probability
 from cosam_nn.data.dicom_series import SeriesError, Slice, check_slices
 from cosam_nn.node_geometry import label_nodes
 from cosam_nn.evaluation.report import ReportError, load_prediction, report_case
@@ -34,9 +40,20 @@ ALGORITHM_NAME = "CoSAM (cosam-nn)"
 ORIGIN_TOLERANCE = 0.1  # of the smallest voxel side: the prediction's grid is the series' or it is not
 
 
-# no standard code counts the metastatic nodes of a case: a private one (99 = private scheme)
-NODE_COUNT = ("NODECOUNT", "99COSAM", "Metastatic lymph nodes at or above the confidence threshold")
+# no standard code says these: private ones (99 = a private scheme, declared in the report)
+PRIVATE_SCHEME = "99COSAM"
+THRESHOLD = ("THRESHOLD", PRIVATE_SCHEME, "Confidence threshold of the node count")
+MIN_VOLUME = ("MINVOLUME", PRIVATE_SCHEME, "Minimum node volume of the node count")
+SENSITIVITY = ("VALSENS", PRIVATE_SCHEME, "Validation node sensitivity at the threshold")
+FALSE_PER_CASE = ("VALFPPC", PRIVATE_SCHEME, "Validation false candidates per case at the threshold")
 COUNT = ("{count}", "UCUM", "count")
+DISPLAY_LAB = (60.0, 70.0, 45.0)  # CIELab of an orange-red that stands out on grey CT
+
+
+def node_count_code(threshold, min_volume_mm3):
+    """The count's code, its label naming every rule it applies (a code meaning holds 64 characters)."""
+    return ("NODECOUNT", PRIVATE_SCHEME, f"Lymph nodes with confidence >= {threshold:.3g} and volume >= "
+                                         f"{min_volume_mm3:.3g} mm3")
 
 
 class ExportError(ValueError):
@@ -132,19 +149,23 @@ def _algorithm(hd):
                                               family=codes.cid7162.ArtificialIntelligence)
 
 
-def segmentation(hd, slices, instances, report):
-    """The DICOM Segmentation: segment k = node k of `instances` (Z, Y, X), frames = the slices."""
+def segmentation(hd, slices, instances, nodes):
+    """The DICOM Segmentation of `nodes` (report entries): segment i = the i-th of them, its voxels those
+    of node['node'] in `instances` (Z, Y, X); frames = the slices."""
     from pydicom.sr.codedict import codes
     algorithm = _algorithm(hd)
     descriptions = [hd.seg.SegmentDescription(
-        segment_number=node["node"], segment_label=f"node {node['node']}",
+        segment_number=i, segment_label=f"node {node['node']}",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.LymphNode, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=f"node {node['node']}")
-        for node in report["nodes"]]
-    dtype = np.uint8 if instances.max(initial=0) < 256 else np.uint16
+        algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=f"node {node['node']}",
+        anatomic_regions=[codes.SCT.Pelvis], display_color=hd.color.CIELabColor(*DISPLAY_LAB))
+        for i, node in enumerate(nodes, start=1)]
+    labels = np.zeros(instances.shape, np.uint8 if len(nodes) < 256 else np.uint16)
+    for i, node in enumerate(nodes, start=1):
+        labels[instances == node["node"]] = i
     return hd.seg.Segmentation(
-        source_images=slices, pixel_array=instances.astype(dtype),
+        source_images=slices, pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
         series_instance_uid=hd.UID(), series_number=int(slices[0].get("SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cosam-nn",
@@ -152,16 +173,17 @@ def segmentation(hd, slices, instances, report):
         series_description="CoSAM lymph nodes")
 
 
-def structured_report(hd, slices, seg, report):
-    """TID 1500 measurement report: one volumetric ROI group per node, referencing its segment of
-    `seg` (None when no node was found), and the case's node count."""
+def structured_report(hd, slices, seg, report, nodes, operating_point=None):
+    """TID 1500 measurement report: one volumetric ROI group per exported node (segment i = nodes[i - 1]
+    of `seg`, None when there is none), and the case's node count with its rules and, when known, the
+    model's operating point (sensitivity, false candidates per case)."""
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name=ALGORITHM_NAME))
     groups = []
-    for node in report["nodes"]:
+    for segment_number, node in enumerate(nodes, start=1):
         k = node["node"]
         measurements = [
             hd.sr.Measurement(name=codes.SCT.ShortAxis, value=node["short_axis_mm"], unit=codes.UCUM.Millimeter),
@@ -172,28 +194,47 @@ def structured_report(hd, slices, seg, report):
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"node {k}"),
             referenced_segment=hd.sr.ReferencedSegment(  # (from_segmentation fails on a one-frame segment)
-                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=k,
+                sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=segment_number,
                 source_series=hd.sr.SourceSeriesForSegmentation(slices[0].SeriesInstanceUID)),
             finding_type=codes.SCT.LymphNode, measurements=measurements))
+    case = [hd.sr.Measurement(name=Code(*node_count_code(report["confidence_threshold"], report["min_volume_mm3"])),
+                              value=report["nodes_at_or_above_threshold"], unit=Code(*COUNT)),
+            hd.sr.Measurement(name=Code(*THRESHOLD), value=report["confidence_threshold"], unit=codes.UCUM.NoUnits),
+            hd.sr.Measurement(name=Code(*MIN_VOLUME), value=report["min_volume_mm3"], unit=codes.UCUM.CubicMillimeter)]
+    if operating_point is not None and np.isfinite(operating_point[0]):
+        case += [hd.sr.Measurement(name=Code(*SENSITIVITY), value=float(operating_point[0]), unit=codes.UCUM.NoUnits),
+                 hd.sr.Measurement(name=Code(*FALSE_PER_CASE), value=float(operating_point[1]), unit=Code(*COUNT))]
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(  # the case as a whole, also when no node was found
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="case"),
-        measurements=[hd.sr.Measurement(name=Code(*NODE_COUNT), value=report["nodes_at_or_above_threshold"],
-                                        unit=Code(*COUNT))]))
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="case"), measurements=case))
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=list(slices) + ([seg] if seg is not None else []), content=content, series_instance_uid=hd.UID(),
         series_number=int(slices[0].get("SeriesNumber", 0) or 0) + 1001, sop_instance_uid=hd.UID(),
         instance_number=1, manufacturer="cosam-nn", series_description="CoSAM lymph node measurements")
+    sr.CodingSchemeIdentificationSequence = [_private_scheme()]
+    return sr
+
+
+def _private_scheme():
+    from pydicom.dataset import Dataset
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = "cosam-nn private codes"
+    item.CodingSchemeResponsibleOrganization = "cosam-nn"
+    return item
 
 
 EXPORT_FILES = ("seg.dcm", "sr.dcm")
 
 
-def export(series_dir, pred_path, out_dir, probs_path=None, overwrite=False):
-    """Write seg.dcm and sr.dcm (only sr.dcm when no node was found) into out_dir, replacing an earlier
-    export as a whole (with `overwrite`); returns their paths."""
+def export(series_dir, pred_path, out_dir, probs_path=None, overwrite=False, threshold=0.5, min_volume_mm3=0.0,
+           report=None, operating_point=None):
+    """Write seg.dcm and sr.dcm (only sr.dcm when no node of at least min_volume_mm3 was found) into
+    out_dir, replacing an earlier export as a whole (with `overwrite`); returns (their paths, the
+    report). `report`: cosam_report's for this prediction (cosam_predict's, with detection scores);
+    made from the prediction and probabilities when None."""
     earlier = [f for f in EXPORT_FILES if os.path.exists(os.path.join(out_dir, f))]
     if earlier and not overwrite:
         raise ExportError(f"{out_dir}: holds an earlier export ({', '.join(earlier)}); use --overwrite to replace it")
@@ -203,12 +244,14 @@ def export(series_dir, pred_path, out_dir, probs_path=None, overwrite=False):
     slices = read_ct_series(series_dir)
     pred, seg, probs = _read_prediction(pred_path, probs_path)
     check_geometry(pred, slices, pred_path)
-    case = os.path.basename(pred_path).split(".")[0]
-    report = report_case(pred, seg, probs, case=case)
+    if report is None:
+        case = os.path.basename(pred_path).split(".")[0]
+        report = report_case(pred, seg, probs, threshold=threshold, case=case, min_volume_mm3=min_volume_mm3)
     instances, _ = label_nodes(seg)
-    seg_ds = segmentation(hd, slices, instances, report) if report["nodes"] else None
+    nodes = [n for n in report["nodes"] if n["volume_mm3"] >= min_volume_mm3]
+    seg_ds = segmentation(hd, slices, instances, nodes) if nodes else None
     objects = [("seg.dcm", seg_ds)] if seg_ds is not None else []
-    objects.append(("sr.dcm", structured_report(hd, slices, seg_ds, report)))
+    objects.append(("sr.dcm", structured_report(hd, slices, seg_ds, report, nodes, operating_point)))
     return _write_all(out_dir, objects), report
 
 
@@ -242,10 +285,15 @@ def main(argv=None):
     p.add_argument("--pred", required=True, help="predicted mask (.nii.gz, nnUNetv2_predict's output)")
     p.add_argument("--probs", default=None, help="nnU-Net .npz probabilities of this case (node confidences)")
     p.add_argument("-o", required=True, dest="out", help="output folder for seg.dcm and sr.dcm")
+    p.add_argument("--threshold", type=probability, default=0.5,
+                   help="confidence a node needs to be counted (default 0.5)")
+    p.add_argument("--min-volume", type=non_negative, default=0.0, dest="min_volume",
+                   help="nodes under this many mm^3 become no segment and are not counted (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in the output folder")
     a = p.parse_args(argv)
     try:
-        paths, report = export(a.series, a.pred, a.out, a.probs, overwrite=a.overwrite)
+        paths, report = export(a.series, a.pred, a.out, a.probs, overwrite=a.overwrite, threshold=a.threshold,
+                               min_volume_mm3=a.min_volume)
     except ExportError as e:
         print(f"cosam_export_dicom: error: {e}", file=sys.stderr)
         return 1

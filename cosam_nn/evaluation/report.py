@@ -54,8 +54,19 @@ def n_category(count):
     return "N2b"
 
 
-def report_case(image, seg, probs=None, threshold=0.5, short_axis_mm=5.0, case="", min_volume_mm3=10.0):
-    """Report dict of one case; image: SimpleITK image (geometry), seg: (Z, Y, X) bool, probs: (Z, Y, X) or None."""
+CONFIDENCE_SOURCES = {
+    "scores": "final detection score (sqrt(detector score x CCM probability), the value the model's threshold "
+              "compares; for a node no unflipped window detected, its mean foreground probability)",
+    "probs": "mean foreground probability",
+    None: "1.0 (no probabilities)",
+}
+
+
+def report_case(image, seg, probs=None, threshold=0.5, short_axis_mm=5.0, case="", min_volume_mm3=10.0, scores=None,
+                threshold_source="--threshold"):
+    """Report dict of one case; image: SimpleITK image (geometry), seg: (Z, Y, X) bool, probs: (Z, Y, X) or None;
+    scores: a detection-score volume (Z, Y, X) (cosam_predict), whose highest value inside a node is its
+    confidence. A node counts when its confidence reaches `threshold` and its volume `min_volume_mm3`."""
     spacing_zyx = image.GetSpacing()[::-1]
     voxel_mm3 = float(np.prod(spacing_zyx))
     instances, n = label_nodes(seg)
@@ -66,16 +77,19 @@ def report_case(image, seg, probs=None, threshold=0.5, short_axis_mm=5.0, case="
         world = image.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
         long_axis, short_axis = node_diameters(node, spacing_zyx)
         confidence = float(region.intensity_mean) if probs is not None else 1.0
+        if scores is not None and float(scores[node].max()) > 0:
+            confidence = float(scores[node].max())
         nodes.append({"node": int(region.label), "centroid_voxel_zyx": [round(cz, 2), round(cy, 2), round(cx, 2)],
                       "centroid_world_mm_xyz": [round(v, 2) for v in world], "voxels": int(region.area),
                       "volume_mm3": round(region.area * voxel_mm3, 2), "long_axis_mm": round(long_axis, 2),
                       "short_axis_mm": round(short_axis, 2), "confidence": round(confidence, 4),
                       "meets_short_axis": bool(short_axis >= short_axis_mm)})
     count = sum(1 for nd in nodes if nd["confidence"] >= threshold and nd["volume_mm3"] >= min_volume_mm3)
-    return {"case": case, "nodes": nodes, "confidence_threshold": threshold, "short_axis_criterion_mm": short_axis_mm,
-            "min_volume_mm3": min_volume_mm3,
+    source = "scores" if scores is not None else "probs" if probs is not None else None
+    return {"case": case, "nodes": nodes, "confidence_threshold": threshold, "threshold_source": threshold_source,
+            "short_axis_criterion_mm": short_axis_mm, "min_volume_mm3": min_volume_mm3,
             "nodes_at_or_above_threshold": count, "n_category": n_category(count), "n_category_note": N_CATEGORY_NOTE,
-            "confidence_source": "mean foreground probability" if probs is not None else "1.0 (no probabilities)"}
+            "confidence_source": CONFIDENCE_SOURCES[source]}
 
 
 def _read(path, what):

@@ -89,6 +89,11 @@ class CoSAM(nn.Module):
         self.ccm = CollaborativeClassifier(cfg.usam.prompt_dim, cfg.detector.token_dim,
                                            cfg.ccm_hidden) if cfg.use_ccm else None
         self.register_buffer("score_threshold", torch.tensor(float(cfg.score_threshold)))
+        # the calibration's result at that threshold on the validation cases: node sensitivity, false
+        # candidates per case, number of cases (NaN until calibrated); saved with the weights, so that
+        # the operating point travels with the model
+        self.register_buffer("operating_point", torch.full((3,), float("nan")))
+        self.recorded = None  # a list to collect each inference call's Detections in (cosam_predict)
 
     def segment_boxes(self, window, slice_index, boxes):
         """U-SAM on boxes (M, 4) of slices slice_index (M,) (= b * L + l) of window.
@@ -121,6 +126,10 @@ class CoSAM(nn.Module):
         if key in missing_keys:  # checkpoints from before the threshold was a buffer: the configured default
             missing_keys.remove(key)
             self.score_threshold.fill_(float(self.cfg.score_threshold))
+        key = prefix + "operating_point"
+        if key in missing_keys:  # checkpoints from before it was kept: not known
+            missing_keys.remove(key)
+            self.operating_point.fill_(float("nan"))
 
     def _proposals_to_segment(self, det, b, threshold):
         """(indices, present (N, L)) of the proposals of window b worth segmenting, best first.
@@ -210,6 +219,9 @@ class CoSAM(nn.Module):
         One entry point for both, so that DistributedDataParallel sees every training step.
         """
         if labels is None:
-            return self.detect(window)[0]
+            logits, detections = self.detect(window)
+            if self.recorded is not None:
+                self.recorded.append(detections)
+            return logits
         return training_losses(self, window, labels, phase)
 

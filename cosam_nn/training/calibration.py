@@ -119,15 +119,18 @@ def node_f_score(found, nodes, false, beta=1.0):
 
 
 def calibrate(model, cases, patch, thresholds, recall_weight=1.0):
-    """(best threshold, {threshold: (mean per-case Dice, node F-score)}) over cases, an iterable of
-    (image, label). The best: the highest mean Dice + node F-score (F-beta, beta = recall_weight;
-    within the tolerance, the lowest threshold); the F-score counts each false component, which Dice
-    on cases with nodes barely sees."""
+    """(best threshold, {threshold: (mean per-case Dice, node F-score)}, {threshold: (node sensitivity,
+    false components per case, cases)}) over cases, an iterable of (image, label). The best: the
+    highest mean Dice + node F-score (F-beta, beta = recall_weight; within the tolerance, the lowest
+    threshold); the F-score counts each false component, which Dice on cases with nodes barely sees.
+    The third item is each threshold's operating point on these cases, which travels with the model."""
     per_case = [case_counts(model, image, label, patch, thresholds) for image, label in cases]
     if not per_case:
         raise ValueError("no validation cases to calibrate the score threshold on")
     mean_dice = {t: sum(dice_from_counts(*c[t]) for c, _ in per_case) / len(per_case) for t in thresholds}
-    f_score = {t: node_f_score(*(sum(n[t][i] for _, n in per_case) for i in range(3)), recall_weight)
-               for t in thresholds}
+    pooled = {t: [sum(n[t][i] for _, n in per_case) for i in range(3)] for t in thresholds}
+    f_score = {t: node_f_score(*pooled[t], recall_weight) for t in thresholds}
+    operating = {t: (found / nodes if nodes else float("nan"), false / len(per_case), len(per_case))
+                 for t, (found, nodes, false) in pooled.items()}
     return (pick_threshold({t: mean_dice[t] + f_score[t] for t in thresholds}),
-            {t: (mean_dice[t], f_score[t]) for t in thresholds})
+            {t: (mean_dice[t], f_score[t]) for t in thresholds}, operating)

@@ -7,12 +7,6 @@ voxels), and the small nodes, most of a patient's metastases, are the ones the n
 `node_balanced` wraps nnU-Net's dataset class so that the foreground locations a case hands to the
 loader hold the same number of voxels from each node (26-connected component of the label).
 Nothing else of nnU-Net's loading changes.
-
-`windows_inside` moves the same locations so that a window centred on one stays inside the image.
-nnU-Net centres a foreground patch on its voxel even where that runs off the image and fills the
-rest with zeros; a CoSAM window spans the whole plane of a small image (96 x 96 px synthetic CT), so
-most foreground windows were shifted by up to half a plane and partly zero, never the full planes
-the detector sees at inference. The window still holds its voxel.
 """
 import numpy as np
 
@@ -55,32 +49,3 @@ def node_balanced(dataset_class, foreground_label=1):
 
     NodeBalanced.__name__ = NodeBalanced.__qualname__ = f"NodeBalanced{dataset_class.__name__}"
     return NodeBalanced
-
-
-def clamp_into_window(locations, data_shape, window):
-    """locations (K, 4) (channel, z, y, x) moved, per axis, into [w // 2, size - w + w // 2], where a
-    window of `window` (z, y, x) centred as nnU-Net centres it, from voxel - w // 2, lies inside an
-    image of `data_shape` (z, y, x). Axes where the image is smaller than the window are left alone."""
-    out = np.array(locations, dtype=np.int64, copy=True)
-    for axis, (size, w) in enumerate(zip(data_shape, window)):
-        if size >= w:
-            out[:, axis + 1] = np.clip(out[:, axis + 1], w // 2, size - w + w // 2)
-    return out
-
-
-def windows_inside(dataset_class, window):
-    """A subclass of nnU-Net's dataset class whose foreground locations are `clamp_into_window`ed
-    for windows of `window` (z, y, x) voxels."""
-
-    class WindowsInside(dataset_class):
-        def load_case(self, identifier):
-            data, seg, seg_prev, properties = super().load_case(identifier)
-            locations = properties.get("class_locations")
-            if locations:
-                shape = tuple(seg.shape[1:])
-                properties = {**properties, "class_locations": {
-                    k: clamp_into_window(v, shape, window) if len(v) else v for k, v in locations.items()}}
-            return data, seg, seg_prev, properties
-
-    WindowsInside.__name__ = WindowsInside.__qualname__ = f"WindowsInside{dataset_class.__name__}"
-    return WindowsInside

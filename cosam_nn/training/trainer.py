@@ -27,7 +27,7 @@ from cosam_nn.modeling.cosam import CoSAM
 from cosam_nn.modeling.sam_checkpoint import load_sam_checkpoint
 from cosam_nn.modeling.usam_baseline import USAMSegmenter
 from cosam_nn.training.calibration import calibrate
-from cosam_nn.training.node_sampling import node_balanced, windows_inside
+from cosam_nn.training.node_sampling import node_balanced
 from cosam_nn.training.recipe import (FOREGROUND_SHARE, PAPER_LEARNING_RATES, WEIGHT_DECAY, clipped_step,
                                       forced_foreground_share, optimizer_and_schedule, paper_augmentation,
                                       phase_for_epoch, pretrain_epochs, voxel_matched_batch, window_patch)
@@ -50,7 +50,6 @@ class CoSAMTrainerBase(RunSettingsMixin, nnUNetTrainer):
     learning_rates = PAPER_LEARNING_RATES
     calibration_thresholds = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)  # () keeps CoSAMConfig's 0.5
     node_balanced_sampling = True        # foreground windows centred on each node equally often (node_sampling)
-    windows_inside_image = False         # foreground windows moved to lie inside the image (node_sampling)
     calibration_cases = 20               # validation cases the score threshold is picked on
     calibration_recall_weight = 2.0      # beta of the node F-beta score in the calibration (2: F2)
     max_windows_per_batch = None         # None: the plans' batch size; N: see voxel_matched_batch
@@ -118,8 +117,6 @@ class CoSAMTrainerBase(RunSettingsMixin, nnUNetTrainer):
         if fresh:
             if self.node_balanced_sampling:
                 self.dataset_class = node_balanced(self.dataset_class)
-            if self.windows_inside_image:
-                self.dataset_class = windows_inside(self.dataset_class, self.configuration_manager.patch_size)
             self._maybe_load_sam()
 
     @classmethod
@@ -221,13 +218,17 @@ class CoSAMTrainerBase(RunSettingsMixin, nnUNetTrainer):
                                      folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         model.eval()
         with self._autocast():
-            best, scores = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
-                                     self.configuration_manager.patch_size, self.calibration_thresholds,
-                                     self.calibration_recall_weight)
+            best, scores, operating = calibrate(model, (self._calibration_case(dataset, k) for k in keys),
+                                                self.configuration_manager.patch_size, self.calibration_thresholds,
+                                                self.calibration_recall_weight)
         model.score_threshold.fill_(best)
+        model.operating_point.copy_(torch.tensor(operating[best], dtype=model.operating_point.dtype))
         table = ", ".join(f"{t:g}: {d:.3f} / {f:.3f}" for t, (d, f) in scores.items())
+        sensitivity, false_per_case, _ = operating[best]
         self.print_to_log_file(f"score threshold {best:g}, picked on {len(keys)} validation cases "
-                               f"(mean Dice / node F{self.calibration_recall_weight:g} by threshold: {table})")
+                               f"(mean Dice / node F{self.calibration_recall_weight:g} by threshold: {table}); "
+                               f"there: node sensitivity {sensitivity:.3f}, {false_per_case:.2f} false candidates "
+                               f"per case")
 
     def _calibration_case(self, dataset, key):
         data, seg, _, _ = dataset.load_case(key)
