@@ -415,3 +415,20 @@ def test_a_second_conversion_into_the_same_id_is_refused_while_the_first_runs(tm
     _one_line(proc.stderr, "another conversion into dataset id 64 is running (pid 4242)")
     assert not [d for d in os.listdir(nnunet_env["nnUNet_raw"]) if d.startswith("Dataset064")]
     run_cli(["cosam_convert_meply", str(_source(tmp_path / "again")), "-d", "64"], nnunet_env)  # lock released
+
+
+def test_report_and_evaluation_replace_an_earlier_result_only_when_asked(tmp_path, capsys):
+    image = _image(tmp_path / "c_0000.nii.gz", _ct())
+    pred = _prediction_folder(tmp_path)
+    out = str(tmp_path / "r.json")
+    assert report_main([image, str(pred / "c.nii.gz"), "-o", out]) == 0
+    capsys.readouterr()
+    assert report_main([image, str(pred / "c.nii.gz"), "-o", out]) == 1
+    _one_line(capsys.readouterr().err, "exists (use --overwrite")
+    assert report_main([image, str(pred / "c.nii.gz"), "-o", out, "--overwrite"]) == 0
+    ev = str(tmp_path / "ev")
+    assert evaluate_main(["-ref", str(pred), "-pred", str(pred), "-o", ev]) == 0
+    capsys.readouterr()
+    assert evaluate_main(["-ref", str(pred), "-pred", str(pred), "-o", ev]) == 1
+    _one_line(capsys.readouterr().err, "summary.json exists (use --overwrite")
+    assert evaluate_main(["-ref", str(pred), "-pred", str(pred), "-o", ev, "--overwrite"]) == 0

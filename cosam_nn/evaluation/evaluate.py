@@ -226,6 +226,7 @@ def main(argv=None):
     p.add_argument("-pred", required=True, help="nnU-Net prediction folder")
     p.add_argument("-o", default=None, help="output folder for summary.json and summary.md (default: -pred)")
     p.add_argument("--probs", action="store_true", help="score detections with nnU-Net's .npz probabilities")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing summary.json / summary.md")
     p.add_argument("--plots", default=None, help="folder for the FROC, size and overlay pictures")
     p.add_argument("--images", default=None, help="CT images ({case}_0000.nii.gz) for the overlays "
                                                   "(default: imagesTs beside a labelsTs folder)")
@@ -238,6 +239,10 @@ def main(argv=None):
     out = a.o or a.pred
     if os.path.exists(out) and not os.path.isdir(out):
         print(f"cosam_evaluate: error: -o {out}: is a file; -o names the folder for summary.json and summary.md",
+              file=sys.stderr)
+        return 1
+    if os.path.exists(os.path.join(out, "summary.json")) and not a.overwrite:
+        print(f"cosam_evaluate: error: {os.path.join(out, 'summary.json')} exists (use --overwrite to replace it)",
               file=sys.stderr)
         return 1
     table = headline(summary)

@@ -189,6 +189,7 @@ def main(argv=None):
                    help="short-axis size criterion in mm (default 5)")
     p.add_argument("--min-volume", type=non_negative, default=10.0, dest="min_volume",
                    help="smallest volume in mm^3 a node needs to be counted (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--plots", default=None, help="folder for one picture per node")
     p.add_argument("--instances", default=None, metavar="DIR",
                    help="also write CASE_instances.nii.gz (node k = k) and CASE_detections.json (boxes in voxels, "
@@ -204,6 +205,8 @@ def main(argv=None):
             if a.instances:
                 write_instances_and_detections(a.instances, image, label_nodes(seg)[0], reports[-1])
         out = report_path(a.o, reports)
+        if os.path.exists(out) and not a.overwrite:
+            raise ReportError(f"{out} exists (use --overwrite to replace it)")
         write_text_atomic(out, json_text(reports if len(reports) > 1 else reports[0]))
         write_text_atomic(os.path.splitext(out)[0] + ".csv", to_csv(reports))
     except ReportError as e:
