@@ -5,11 +5,12 @@ row trained to its plateau; each metric with a bootstrap interval over the test 
                             [--budget iterations|plateau] [--minutes M|auto|0] [--long F] [--keep]
                             [--real IMAGES_LABELS_FOLDER] [--cases-only]
     plateau: [--plateau-gain 0.02] [--doublings 5] [--minutes-rows ROW ...] [--minutes-of ROW]
-             [--current bench/results/current.json]
+             [--current bench/results/current.json] [--cpu-scale 0.25]
 
 A ROW is 'TRAINER [CONFIGURATION [PLANS]]'; the first is the baseline. PLANS nnUNetCPUPlans is
-nnU-Net's own network at a quarter of its width (`cosam_plan_cpu`), whose iteration costs about what
-CoSAMTrainerSmall's does on a CPU: nnU-Net at matched compute.
+nnU-Net's own network at --cpu-scale of its width (`cosam_plan_cpu --scale`; a quarter on the synthetic
+benchmark), whose iteration then costs about what CoSAMTrainerSmall's does on a CPU: nnU-Net at
+matched compute (time both on the data before picking the scale).
 
 Data: synthetic cases (fixed seed) -> cosam_convert_meply -> nnUNetv2_plan_and_preprocess, with a
 large test split (only predicted, so cheap) of which a fixed share is node-free. With --real FOLDER
@@ -50,6 +51,7 @@ from cosam_nn.benchmark.plateau import PLATEAU_FLOOR, merge_current, plateau_row
 from cosam_nn.benchmark.tables import benchmark_header, budget_table, curve_rows, test_set_counts, write_curves
 from cosam_nn.benchmark.workfolder import (DEFAULT_ROWS, REAL_SETTINGS, SEED_DATA, SETTINGS, Bench, git_commit,
                                            parse_row)
+from cosam_nn.cli_types import fraction
 from cosam_nn.data.fileio import write_text_atomic
 from cosam_nn.evaluation.evaluate import fmt_value
 
@@ -120,6 +122,9 @@ def main():
                    help="plateau: rows trained for the plateau minutes of --minutes-of instead")
     p.add_argument("--minutes-of", default=None, dest="minutes_of", metavar="ROW",
                    help="plateau: the row whose plateau minutes --minutes-rows get (default: the last -tr row)")
+    p.add_argument("--cpu-scale", type=fraction, default=0.25, dest="cpu_scale",
+                   help="nnUNetCPUPlans rows: each stage's share of nnU-Net's features (cosam_plan_cpu --scale; "
+                        "default 0.25, matched to CoSAMTrainerSmall on the synthetic benchmark)")
     p.add_argument("--current", metavar="JSON",
                    help="plateau: write this data set's rows into a current.json (e.g. bench/results/current.json)")
     a = p.parse_args()
@@ -139,10 +144,13 @@ def main():
         settings["real"] = os.path.abspath(a.real)
     else:
         settings["shape"] = list(cfg["shape"])
+    if a.cpu_scale != 0.25:  # another network: another work folder (runs.json settings)
+        settings["cpu_scale"] = a.cpu_scale
     bench = Bench(a.work, cfg, settings, a.keep)
     baseline, seeds = a.rows[0], [a.seed + r for r in range(a.repeats)]
     all_rows = a.rows + a.minutes_rows
-    bench.prepare(sorted({parse_row(r)[1] for r in all_rows}), {parse_row(r)[2] for r in all_rows}, real=a.real)
+    bench.prepare(sorted({parse_row(r)[1] for r in all_rows}), {parse_row(r)[2] for r in all_rows}, real=a.real,
+                  cpu_scale=a.cpu_scale)
     if a.budget == "plateau":
         if a.minutes_of and a.minutes_of not in a.rows:
             p.error(f"--minutes-of {a.minutes_of!r} is not one of the -tr rows")

@@ -22,6 +22,14 @@ def probability(text):
     return value
 
 
+def fraction(text):
+    """A share: above 0, at most 1."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must lie above 0 and at most 1")
+    return value
+
+
 def non_negative(text):
     value = _number(text)
     if value < 0:

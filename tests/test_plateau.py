@@ -133,3 +133,9 @@ def test_cpu_plans_narrow_nnunets_network_and_share_its_data(tmp_path, nnunet_en
         assert cpu[key] == default[key], key
     features = default["architecture"]["arch_kwargs"]["features_per_stage"]
     assert cpu["architecture"]["arch_kwargs"]["features_per_stage"] == [max(4, round(f / 4)) for f in features]
+    bad = run_cli(["cosam_plan_cpu", "-d", "531", "--scale", "0"], nnunet_env, check=False)
+    assert bad.returncode == 2 and "--scale" in bad.stderr and "Traceback" not in bad.stderr
+    run_cli(["cosam_plan_cpu", "-d", "531", "--scale", "0.5"], dict(nnunet_env, nnUNet_n_proc_DA="0"))
+    half = json.load(open(os.path.join(folder, "nnUNetCPUPlans.json")))["configurations"]["3d_fullres"]
+    assert half["architecture"]["arch_kwargs"]["features_per_stage"] == [max(4, round(f / 2)) for f in features]
+    assert half["data_identifier"] == default["data_identifier"]

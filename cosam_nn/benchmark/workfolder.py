@@ -154,9 +154,9 @@ class Bench:
     def preprocessed(self, *names):
         return os.path.join(self.pipe.env["nnUNet_preprocessed"], os.path.basename(self.pipe.raw), *names)
 
-    def prepare(self, configurations, plans=(DEFAULT_PLANS,), real=None):
+    def prepare(self, configurations, plans=(DEFAULT_PLANS,), real=None, cpu_scale=0.25):
         """The data, converted and planned (kept when --keep finds a work folder of the same settings);
-        nnUNetCPUPlans (cosam_plan_cpu) where a row names them."""
+        nnUNetCPUPlans (cosam_plan_cpu at `cpu_scale` of the features) where a row names them."""
         raw_ready = os.path.isdir(os.path.join(self.pipe.raw, "labelsTs"))
         planned = all(os.path.isdir(self.preprocessed(f"nnUNetPlans_{c}")) for c in configurations)
         if not (self.resume and raw_ready and planned):
@@ -165,7 +165,7 @@ class Bench:
             self.save()  # the settings, so that an interrupted first training can resume with --keep
         for name in set(plans) - {DEFAULT_PLANS}:
             if not os.path.isfile(self.preprocessed(name + ".json")):
-                self.pipe.run(f"plans {name}", ["cosam_plan_cpu", "-d", self.pipe.did])
+                self.pipe.run(f"plans {name}", ["cosam_plan_cpu", "-d", self.pipe.did, "--scale", str(cpu_scale)])
 
     def _make_data(self, configurations, real):
         cfg = self.cfg
