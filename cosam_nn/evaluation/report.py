@@ -77,8 +77,9 @@ def report_case(image, seg, probs=None, threshold=0.5, short_axis_mm=5.0, case="
         world = image.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
         long_axis, short_axis = node_diameters(node, spacing_zyx)
         confidence = float(region.intensity_mean) if probs is not None else 1.0
-        if scores is not None and float(scores[node].max()) > 0:
-            confidence = float(scores[node].max())
+        best_score = float(scores[node].max()) if scores is not None else 0.0
+        if best_score > 0:
+            confidence = best_score
         nodes.append({"node": int(region.label), "centroid_voxel_zyx": [round(cz, 2), round(cy, 2), round(cx, 2)],
                       "centroid_world_mm_xyz": [round(v, 2) for v in world], "voxels": int(region.area),
                       "volume_mm3": round(region.area * voxel_mm3, 2), "long_axis_mm": round(long_axis, 2),

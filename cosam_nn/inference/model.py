@@ -122,3 +122,22 @@ def load_predictor(folder, folds=None, device=torch.device("cpu"), tta=True, pre
     predictor.manual_initialization(network, plans_manager, configuration, [c["network_weights"] for c in checkpoints],
                                     dataset_json, first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
     return predictor
+
+
+def pick_device(name, prog):
+    """--device auto|cpu|cuda as a torch device; auto takes the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{prog}: --device cuda: no CUDA GPU is available")
+    return torch.device(name)
+
+
+def count_threshold(predictor, override=None):
+    """The confidence from which a node counts, and where it came from: `override` (--threshold), else
+    the model's calibrated threshold, else 0.5."""
+    if override is not None:
+        return override, "--threshold"
+    if hasattr(predictor.network, "score_threshold"):
+        return round(float(predictor.network.score_threshold), 4), "the model's calibrated threshold"
+    return 0.5, "default 0.5 (the model carries no threshold)"

@@ -30,14 +30,13 @@ import time
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from cosam_nn.cli_types import non_negative, probability
 from cosam_nn.data.ct_image import IMAGE_SUFFIXES, ImageError
 from cosam_nn.data.fileio import json_text, save_npz, write_text_atomic
 from cosam_nn.evaluation.detections import write_instances_and_detections
 from cosam_nn.evaluation.report import N_CATEGORY_NOTE, report_case, to_csv
-from cosam_nn.inference.model import ModelError, load_predictor, open_model
+from cosam_nn.inference.model import ModelError, count_threshold, load_predictor, open_model, pick_device
 from cosam_nn.inference.predictor import CoSAMPredictor
 from cosam_nn.inference.study import Study
 from cosam_nn.node_geometry import label_nodes
@@ -104,7 +103,7 @@ def _outputs(out, case, study, segmentation, probabilities, scores, predictor, a
         save_npz(os.path.join(out, case + ".npz"), probabilities=probabilities)
     folder = os.path.join(out, case)
     os.makedirs(folder, exist_ok=True)
-    threshold, source = _threshold(predictor, a)
+    threshold, source = count_threshold(predictor, a.threshold)
     prediction = sitk.ReadImage(seg_path)
     seg = sitk.GetArrayFromImage(prediction) > 0
     report = report_case(prediction, seg, probabilities[1].astype(np.float64), threshold, 5.0, case, a.min_volume,
@@ -118,14 +117,6 @@ def _outputs(out, case, study, segmentation, probabilities, scores, predictor, a
         export(study.source, seg_path, os.path.join(folder, "dicom"), overwrite=True, report=report,
                min_volume_mm3=a.min_volume, operating_point=_operating_point_values(predictor))
     return report
-
-
-def _threshold(predictor, a):
-    if a.threshold is not None:
-        return a.threshold, "--threshold"
-    if hasattr(predictor.network, "score_threshold"):
-        return round(float(predictor.network.score_threshold), 4), "the model's calibrated threshold"
-    return 0.5, "default 0.5 (the model carries no threshold)"
 
 
 def _operating_point_values(predictor):
@@ -151,14 +142,6 @@ def predict_case(predictor, study, out, a, log):
     segmentation, probabilities, scores = predictor.predict_case(image, study.properties)
     log(f"  predicted in {time.time() - start:.0f} s")
     return _outputs(out, study.case, study, segmentation, probabilities, scores, predictor, a)
-
-
-def _device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("cosam_predict: --device cuda: no CUDA GPU is available")
-    return torch.device(name)
 
 
 def _summary(rows):
@@ -201,7 +184,7 @@ def main(argv=None):
     try:
         try:
             folder = open_model(a.model, os.path.join(work, "model"))
-            predictor = load_predictor(folder, a.folds, _device(a.device), tta=not a.fast,
+            predictor = load_predictor(folder, a.folds, pick_device(a.device, "cosam_predict"), tta=not a.fast,
                                        predictor_class=CoSAMPredictor)
         except ModelError as e:
             raise SystemExit(f"cosam_predict: {e}") from None

@@ -34,12 +34,12 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 
 from cosam_nn.cli_types import non_negative
 from cosam_nn.data.ct_image import ImageError, read_image
-from cosam_nn.data.fileio import json_text, write_text_atomic
+from cosam_nn.data.fileio import json_text, write_image_atomic, write_text_atomic
 from cosam_nn.data.image_geometry import geometry_mismatch
 from cosam_nn.evaluation.detections import write_instances_and_detections
 from cosam_nn.evaluation.report import report_case, to_csv
-from cosam_nn.inference.model import ModelError, load_predictor, open_model
-from cosam_nn.inference.predict import _device, _threshold, find_cases
+from cosam_nn.inference.model import ModelError, count_threshold, load_predictor, open_model, pick_device
+from cosam_nn.inference.predict import find_cases
 from cosam_nn.inference.study import Study
 from cosam_nn.modeling.common import LOGIT_BOUND
 from cosam_nn.modeling.cosam import BACKGROUND_LOGIT
@@ -188,7 +188,7 @@ def main(argv=None):
         if os.path.exists(target) and not a.overwrite:
             raise ImageError(f"{target} exists (use --overwrite to replace it)")
         folder = open_model(a.model, os.path.join(work, "model"))
-        predictor = load_predictor(folder, None, _device(a.device), tta=False)
+        predictor = load_predictor(folder, None, pick_device(a.device, "cosam_segment"), tta=False)
         if not hasattr(predictor.network, "segment_boxes"):
             raise ModelError(f"{a.model}: trainer {predictor.trainer_name} has no box-prompted U-SAM (a CoSAM model is needed)")
         reference = sitk.ReadImage(study.path)
@@ -207,9 +207,8 @@ def main(argv=None):
         os.makedirs(os.path.join(a.out, case), exist_ok=True)
         result = sitk.GetImageFromArray(mask.astype(np.uint8))
         result.CopyInformation(reference)
-        sitk.WriteImage(result, target + ".tmp.nii.gz", True)
-        os.replace(target + ".tmp.nii.gz", target)
-        threshold, source = _threshold(predictor, argparse.Namespace(threshold=None))
+        write_image_atomic(result, target)
+        threshold, source = count_threshold(predictor)
         report = report_case(result, mask, None, threshold, 5.0, case, 0.0, scores=confidence, threshold_source=source)
         report["confidence_source"] = ("1.0 for a node from a reader's box; an earlier node keeps its detection score"
                                        if a.add_to else "1.0: a node from a reader's box")
